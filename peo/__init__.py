@@ -1,0 +1,85 @@
+"""peo: persistent executable objects for long-running AI agents.
+
+Layers (the core imports nothing from the shell, and does no I/O and no clock reads):
+
+- core: ``model`` (values), ``codec`` (cattrs + msgpack), ``crypto`` (Ed25519),
+  ``memory`` (signed hash chain, fold), ``policy`` (local rules), ``cycle`` (six actions)
+- shell: ``store`` (SQLite, PostgreSQL), ``node`` (the worker), ``client``, ``cli``
+"""
+
+from __future__ import annotations
+
+from .app import App as App
+from .client import Client as Client
+from .crypto import Keyring as Keyring
+from .crypto import SigningKey as SigningKey
+from .errors import CodecError as CodecError
+from .errors import ConflictError as ConflictError
+from .errors import IntegrityError as IntegrityError
+from .errors import LeaseLostError as LeaseLostError
+from .errors import NotFoundError as NotFoundError
+from .errors import ObjectFailedError as ObjectFailedError
+from .errors import PeoError as PeoError
+from .errors import PolicyError as PolicyError
+from .errors import StoreError as StoreError
+from .errors import TimeoutError as TimeoutError
+from .errors import UsageError as UsageError
+from .model import Action as Action
+from .model import CannotDo as CannotDo
+from .model import Constraints as Constraints
+from .model import Context as Context
+from .model import Continue as Continue
+from .model import Delegate as Delegate
+from .model import Done as Done
+from .model import Entry as Entry
+from .model import Fail as Fail
+from .model import Intent as Intent
+from .model import ObjectInfo as ObjectInfo
+from .model import Proposal as Proposal
+from .model import Refine as Refine
+from .model import Signal as Signal
+from .model import Sleep as Sleep
+from .model import Status as Status
+from .model import Step as Step
+from .model import WaitSignal as WaitSignal
+from .node import Node as Node
+from .policy import Policy as Policy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Action",
+    "App",
+    "CannotDo",
+    "Client",
+    "CodecError",
+    "ConflictError",
+    "Constraints",
+    "Context",
+    "Continue",
+    "Delegate",
+    "Done",
+    "Entry",
+    "Fail",
+    "IntegrityError",
+    "Intent",
+    "Keyring",
+    "LeaseLostError",
+    "NotFoundError",
+    "ObjectFailedError",
+    "ObjectInfo",
+    "PeoError",
+    "Policy",
+    "PolicyError",
+    "Proposal",
+    "Refine",
+    "Signal",
+    "SigningKey",
+    "Sleep",
+    "Status",
+    "Step",
+    "StoreError",
+    "TimeoutError",
+    "UsageError",
+    "WaitSignal",
+]

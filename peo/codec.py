@@ -1,0 +1,279 @@
+"""The codec: one cattrs converter for structure, msgpack for framing.
+
+Three layers stay apart: structure (cattrs turns model values into plain data), framing
+(msgpack turns plain data into bytes) and signing (``crypto``/``memory`` sign those exact
+bytes). Decoding untrusted bytes enforces :class:`Limits` and raises only
+:class:`~peo.errors.CodecError`; nothing else escapes.
+
+Plain data is: None, bool, int in the signed 64-bit range, finite or not float, str,
+bytes, lists and maps with str keys, nested at most ``Limits.depth`` deep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+import msgpack
+from cattrs.gen import make_dict_structure_fn
+
+from .errors import CodecError
+from .model import Action, Constraints, Context, Entry, Intent
+
+__all__ = [
+    "FORMAT_VERSION",
+    "UPCASTERS",
+    "Limits",
+    "check_name",
+    "check_value",
+    "converter",
+    "decode_body",
+    "encode_body",
+    "packb",
+    "structure",
+    "unpackb",
+    "unstructure",
+]
+
+#: Version written into every record. Bump it when the wire form changes, and add an
+#: upcaster from the previous version to :data:`UPCASTERS`.
+FORMAT_VERSION = 1
+
+#: ``UPCASTERS[v]`` turns a decoded body map of version ``v`` into version ``v + 1``.
+#: Upcasting changes only what is *read*; the stored bytes (and their signature) never change.
+UPCASTERS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+_INT_MIN = -(2**63)
+_INT_MAX = 2**64 - 1
+
+
+@attrs.frozen
+class Limits:
+    """Bounds applied to untrusted input. The defaults suit memory entries."""
+
+    max_bytes: int = 1 << 20  # whole record
+    depth: int = 32  # nesting of lists and maps
+    items: int = 100_000  # elements in one list or map, and in the whole record
+
+
+DEFAULT_LIMITS = Limits()
+
+
+def packb(value: Any) -> bytes:
+    try:
+        return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CodecError(f"cannot encode value: {exc}") from None
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise CodecError(f"unknown msgpack extension type {code}")
+
+
+def unpackb(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Any:
+    """Decode untrusted bytes into checked plain data, or raise CodecError."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise CodecError(f"expected bytes, got {type(data).__name__}")
+    if len(data) > limits.max_bytes:
+        raise CodecError(f"record of {len(data)} bytes exceeds the limit of {limits.max_bytes}")
+    if not data:
+        raise CodecError("empty record")
+    try:
+        # The max_*_len bounds make msgpack refuse a header that claims more elements than
+        # the limits allow before it allocates anything for them.
+        value = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            ext_hook=_refuse_ext,
+            max_str_len=limits.max_bytes,
+            max_bin_len=limits.max_bytes,
+            max_array_len=limits.items,
+            max_map_len=limits.items,
+            max_ext_len=0,
+        )
+    except CodecError:
+        raise
+    except Exception as exc:  # msgpack raises many types (ValueError, StackError, ...)
+        raise CodecError(f"malformed msgpack: {type(exc).__name__}: {exc}") from None
+    check_value(value, limits)
+    return value
+
+
+def check_value(value: Any, limits: Limits = DEFAULT_LIMITS, *, what: str = "value") -> None:
+    """Check that ``value`` is plain data within ``limits`` (iteratively: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    count = 0
+    while stack:
+        item, depth = stack.pop()
+        count += 1
+        if count > limits.items:
+            raise CodecError(f"{what} has more than {limits.items} elements")
+        if item is None or isinstance(item, bool | float | str | bytes):
+            continue
+        if isinstance(item, int):
+            if not _INT_MIN <= item <= _INT_MAX:
+                raise CodecError(f"{what}: integer {item} is out of the 64-bit range")
+            continue
+        if isinstance(item, list | tuple):
+            if depth >= limits.depth:
+                raise CodecError(f"{what} is nested deeper than {limits.depth} levels")
+            stack.extend((x, depth + 1) for x in item)
+            continue
+        if isinstance(item, dict):
+            if depth >= limits.depth:
+                raise CodecError(f"{what} is nested deeper than {limits.depth} levels")
+            for k, v in item.items():
+                if not isinstance(k, str):
+                    raise CodecError(f"{what}: map keys must be strings, got {type(k).__name__}")
+                stack.append((v, depth + 1))
+            continue
+        raise CodecError(f"{what}: values of type {type(item).__name__} cannot be stored")
+
+
+def check_name(name: object, what: str = "name") -> str:
+    """A handler, scope or signal name: a short, printable, non-empty str."""
+    if not isinstance(name, str) or not name:
+        raise CodecError(f"{what} must be a non-empty string")
+    if len(name) > 200:
+        raise CodecError(f"{what} is longer than 200 characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise CodecError(f"{what} contains control characters")
+    return name
+
+
+# -- the one converter ------------------------------------------------------------------
+
+
+def _strict(kind: type, *, allow: tuple[type, ...] = ()) -> Callable[[Any, type], Any]:
+    def hook(value: Any, _: type) -> Any:
+        if isinstance(value, bool) and kind is not bool:
+            raise CodecError(f"expected {kind.__name__}, got bool")
+        if not isinstance(value, (kind, *allow)):
+            raise CodecError(f"expected {kind.__name__}, got {type(value).__name__}")
+        return kind(value) if allow else value
+
+    return hook
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True)
+    conv.register_structure_hook(int, _strict(int))
+    conv.register_structure_hook(str, _strict(str))
+    conv.register_structure_hook(bool, _strict(bool))
+    conv.register_structure_hook(float, _strict(float, allow=(int,)))
+    conv.register_structure_hook(Any, lambda v, _: v)
+    for cls in (Constraints, Intent, Context):
+        conv.register_structure_hook(cls, make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True))
+    return conv
+
+
+converter = _make_converter()
+
+T = TypeVar("T")
+
+
+def unstructure(value: Any) -> Any:
+    return converter.unstructure(value)
+
+
+def structure(data: Any, cls: type[T]) -> T:
+    """Structure plain data into ``cls``; any mismatch becomes one CodecError."""
+    try:
+        return converter.structure(data, cls)
+    except CodecError:
+        raise
+    except Exception as exc:
+        messages = cattrs.transform_error(exc) if isinstance(exc, cattrs.BaseValidationError) else [str(exc)]
+        raise CodecError(f"invalid {cls.__name__}: {'; '.join(messages)}") from None
+
+
+# -- entry bodies ---------------------------------------------------------------------
+
+_BODY_KEYS = ("v", "seq", "trace", "ts", "node", "policy", "action", "outcome", "prev", "signer")
+
+
+def encode_body(
+    *,
+    seq: int,
+    trace_id: str,
+    timestamp: int,
+    origin_node: str,
+    policy_ref: str,
+    action: Action,
+    outcome: dict[str, Any],
+    prev: bytes,
+    signer: str,
+) -> bytes:
+    """The bytes that get signed. Keys are written in one fixed order."""
+    return packb(
+        {
+            "v": FORMAT_VERSION,
+            "seq": seq,
+            "trace": trace_id,
+            "ts": timestamp,
+            "node": origin_node,
+            "policy": policy_ref,
+            "action": str(action),
+            "outcome": outcome,
+            "prev": prev,
+            "signer": signer,
+        }
+    )
+
+
+def decode_body(body: bytes, signature: bytes, digest: bytes, limits: Limits = DEFAULT_LIMITS) -> Entry:
+    """Decode a signed body into an :class:`Entry` (the signature is *not* checked here)."""
+    raw = unpackb(body, limits)
+    if not isinstance(raw, dict):
+        raise CodecError("entry body is not a map")
+    version = raw.get("v")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CodecError("entry body has no format version")
+    if version > FORMAT_VERSION:
+        raise CodecError(f"entry format version {version} is newer than this peo ({FORMAT_VERSION})")
+    while version < FORMAT_VERSION:
+        upcast = UPCASTERS.get(version)
+        if upcast is None:
+            raise CodecError(f"no upcaster from entry format version {version}")
+        raw = upcast(raw)
+        version += 1
+        raw["v"] = version
+    if set(raw) != set(_BODY_KEYS):
+        extra = sorted(set(raw) ^ set(_BODY_KEYS))
+        raise CodecError(f"entry body has unexpected or missing fields: {', '.join(extra)}")
+    seq, trace, ts = raw["seq"], raw["trace"], raw["ts"]
+    node, policy, action, outcome = raw["node"], raw["policy"], raw["action"], raw["outcome"]
+    prev, signer = raw["prev"], raw["signer"]
+    if not (isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0):
+        raise CodecError("entry seq must be a non-negative integer")
+    if not (isinstance(ts, int) and not isinstance(ts, bool)):
+        raise CodecError("entry timestamp must be an integer")
+    for name, value in (("trace", trace), ("node", node), ("policy", policy), ("signer", signer)):
+        if not isinstance(value, str):
+            raise CodecError(f"entry field {name!r} must be a string")
+    if not isinstance(outcome, dict):
+        raise CodecError("entry outcome must be a map")
+    if not isinstance(prev, bytes) or len(prev) != 32:
+        raise CodecError("entry prev must be 32 bytes")
+    try:
+        act = Action(action)
+    except ValueError:
+        raise CodecError(f"unknown action {action!r}") from None
+    return Entry(
+        seq=seq,
+        trace_id=trace,
+        timestamp=ts,
+        origin_node=node,
+        policy_ref=policy,
+        action=act,
+        outcome=outcome,
+        prev=prev,
+        signer=signer,
+        signature=bytes(signature),
+        body=bytes(body),
+        hash=digest,
+    )

@@ -1,0 +1,118 @@
+"""The whole exception tree of peo, drawn once.
+
+::
+
+    PeoError                      root: catch this to catch everything peo raises on purpose
+    ├── CodecError (ValueError)   bytes or values that do not form a valid record
+    ├── IntegrityError            a signature, a hash link or a seq does not verify
+    ├── PolicyError (ValueError)  a policy document is invalid, or input breaks its limits
+    ├── UsageError (ValueError)   a caller passed something that cannot work (unknown handler...)
+    ├── NotFoundError (KeyError)  no object with that id
+    ├── TimeoutError              wait() gave up before the object terminated
+    ├── ObjectFailedError         wait(): the object ended without a result (failed, cancelled...)
+    └── StoreError                the store failed; ``retryable`` says whether trying again helps
+        ├── ConflictError         another writer took this seq first (compare-and-swap lost)
+        └── LeaseLostError        our lease expired or was taken over by another node
+
+No driver exception (sqlite3, asyncpg, OSError) escapes ``peo.store``: the stores translate
+them at the boundary, so callers only ever see this tree.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CodecError",
+    "ConflictError",
+    "IntegrityError",
+    "LeaseLostError",
+    "NotFoundError",
+    "ObjectFailedError",
+    "PeoError",
+    "PolicyError",
+    "StoreError",
+    "TimeoutError",
+    "UsageError",
+]
+
+
+class PeoError(Exception):
+    """Root of every error peo raises on purpose."""
+
+
+class CodecError(PeoError, ValueError):
+    """Bytes or values that do not form a valid peo record."""
+
+
+class IntegrityError(PeoError):
+    """A memory chain does not verify. ``seq`` names the first bad entry (or None)."""
+
+    def __init__(self, message: str, *, object_id: str | None = None, seq: int | None = None):
+        where = []
+        if object_id is not None:
+            where.append(f"object {object_id}")
+        if seq is not None:
+            where.append(f"seq {seq}")
+        super().__init__(f"{', '.join(where)}: {message}" if where else message)
+        self.reason = message
+        self.object_id = object_id
+        self.seq = seq
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_integrity, (self.reason, self.object_id, self.seq))
+
+
+def _rebuild_integrity(reason: str, object_id: str | None, seq: int | None) -> IntegrityError:
+    return IntegrityError(reason, object_id=object_id, seq=seq)
+
+
+class PolicyError(PeoError, ValueError):
+    """A policy document is invalid, or a value breaks the limits a policy sets."""
+
+
+class UsageError(PeoError, ValueError):
+    """The caller asked for something that cannot work (unknown handler, bad argument)."""
+
+
+class NotFoundError(PeoError, KeyError):
+    """No object with the given id exists in the store."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; we want the plain message
+        return str(self.args[0]) if self.args else "not found"
+
+
+class TimeoutError(PeoError):
+    """``Client.wait`` gave up before the object terminated."""
+
+
+class ObjectFailedError(PeoError):
+    """The object terminated other than by ``Done`` (or was quarantined)."""
+
+    def __init__(self, object_id: str, status: str, reason: str | None):
+        super().__init__(f"object {object_id} {status}: {reason or 'no reason recorded'}")
+        self.object_id = object_id
+        self.status = status
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (ObjectFailedError, (self.object_id, self.status, self.reason))
+
+
+class StoreError(PeoError):
+    """The store failed. ``retryable`` says whether trying the same call again may help."""
+
+    retryable: bool = True
+
+    def __init__(self, message: str, *, retryable: bool | None = None):
+        super().__init__(message)
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class ConflictError(StoreError):
+    """Another writer appended at this seq first: our compare-and-swap lost."""
+
+    retryable = False
+
+
+class LeaseLostError(ConflictError):
+    """Our lease on the object expired or was taken; we must not write to it."""

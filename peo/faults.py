@@ -1,0 +1,83 @@
+"""Fault points: named places in the node and the stores where a test can inject a crash
+or an error, armed through the environment so that child processes inherit it.
+
+``PEO_FAULTS="point=action[@probability][,point=action...]"`` with ``PEO_FAULTS_SEED=N``
+arms them. Actions: ``crash`` (the process dies at once with ``os._exit(137)``, as under
+kill -9), ``raise`` (a :class:`FaultInjected` error is raised at the point). Disarmed, a
+point costs one global boolean check (``if faults.ARMED:``) on the hot path.
+
+Points: ``node.after_sign`` (entry signed, nothing written), ``store.before_commit``
+(inside the transaction, before COMMIT), ``store.after_commit`` (committed, before the
+caller hears of it: with ``raise`` this is the "commit succeeded but the caller saw an
+error" fault), ``node.before_renew`` (lease renewal), ``node.after_handler`` (the side
+effect ran, its entry is not yet signed).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+from .errors import StoreError
+
+__all__ = ["ARMED", "POINTS", "FaultInjected", "arm", "disarm", "hit"]
+
+POINTS = (
+    "node.after_handler",
+    "node.after_sign",
+    "node.before_renew",
+    "store.before_commit",
+    "store.after_commit",
+)
+
+
+class FaultInjected(StoreError):
+    """An injected failure (retryable: the caller must cope as with a real one)."""
+
+
+ARMED = False
+_plan: dict[str, tuple[str, float]] = {}
+_rng = random.Random(0)
+hits: dict[str, int] = {}
+
+
+def arm(spec: str, seed: int = 0) -> None:
+    """Arm fault points from a spec string (the format of ``PEO_FAULTS``)."""
+    global ARMED
+    plan: dict[str, tuple[str, float]] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        point, _, rest = part.partition("=")
+        action, _, prob = rest.partition("@")
+        if point not in POINTS:
+            raise ValueError(f"unknown fault point {point!r}; known: {', '.join(POINTS)}")
+        if action not in ("crash", "raise"):
+            raise ValueError(f"unknown fault action {action!r} (crash or raise)")
+        plan[point] = (action, float(prob) if prob else 1.0)
+    _plan.clear()
+    _plan.update(plan)
+    _rng.seed(seed)
+    ARMED = bool(plan)
+
+
+def disarm() -> None:
+    global ARMED
+    _plan.clear()
+    ARMED = False
+
+
+def hit(point: str) -> None:
+    """Called at a fault point when ARMED: maybe crash or raise, as planned."""
+    planned = _plan.get(point)
+    if planned is None:
+        return
+    action, probability = planned
+    if _rng.random() >= probability:
+        return
+    hits[point] = hits.get(point, 0) + 1
+    if action == "crash":
+        os._exit(137)
+    raise FaultInjected(f"injected fault at {point}")
+
+
+if os.environ.get("PEO_FAULTS"):
+    arm(os.environ["PEO_FAULTS"], int(os.environ.get("PEO_FAULTS_SEED", "0")))

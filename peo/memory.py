@@ -1,0 +1,261 @@
+"""The memory chain: building signed entries, verifying chains, folding them into a head.
+
+Each entry's hash is the SHA-256 of its signed body; entry N+1 carries entry N's hash in
+``prev``; entry 0 carries :func:`genesis` of the object id and records the object id,
+the initial intent and the initial context, so a chain cannot be moved to another object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from types import MappingProxyType
+from typing import Any
+
+import attrs
+
+from .codec import DEFAULT_LIMITS, Limits, decode_body, encode_body, structure, unstructure
+from .crypto import Keyring, SigningKey
+from .errors import CodecError, IntegrityError
+from .model import Action, Constraints, Context, Entry, Intent, Signal, Status
+
+__all__ = ["Fold", "Head", "genesis", "make_entry", "verify_chain"]
+
+
+def genesis(object_id: str) -> bytes:
+    """The ``prev`` of entry 0: binds the chain to its object id."""
+    return hashlib.sha256(b"peo-object\x00" + object_id.encode()).digest()
+
+
+def make_entry(
+    key: SigningKey,
+    *,
+    seq: int,
+    prev: bytes,
+    timestamp: int,
+    origin_node: str,
+    policy_ref: str,
+    action: Action,
+    outcome: dict[str, Any],
+    trace_id: str,
+) -> Entry:
+    """Encode, sign and hash one entry."""
+    body = encode_body(
+        seq=seq,
+        trace_id=trace_id,
+        timestamp=timestamp,
+        origin_node=origin_node,
+        policy_ref=policy_ref,
+        action=action,
+        outcome=outcome,
+        prev=prev,
+        signer=key.key_id,
+    )
+    return Entry(
+        seq=seq,
+        trace_id=trace_id,
+        timestamp=timestamp,
+        origin_node=origin_node,
+        policy_ref=policy_ref,
+        action=action,
+        outcome=outcome,
+        prev=prev,
+        signer=key.key_id,
+        signature=key.sign(body),
+        body=body,
+        hash=hashlib.sha256(body).digest(),
+    )
+
+
+def instantiation_outcome(object_id: str, intent: Intent, context: Context) -> dict[str, Any]:
+    return {"object_id": object_id, "intent": unstructure(intent), "context": unstructure(context)}
+
+
+@attrs.frozen
+class Head:
+    """A verified position in a chain: the last seq and its hash, and the trust scope."""
+
+    object_id: str
+    seq: int
+    hash: bytes
+    scope: str
+
+
+def verify_chain(
+    object_id: str,
+    rows: Iterable[tuple[bytes, bytes]],
+    keyring: Keyring,
+    *,
+    start: Head | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> tuple[Head | None, list[Entry]]:
+    """Verify ``(body, signature)`` rows continuing from ``start`` (or from entry 0).
+
+    Checks, per entry: it decodes within limits, its seq is the next one, its ``prev`` is
+    the previous hash (or the genesis of ``object_id``), its signer is trusted by the
+    *verifier's* keyring for the object's trust scope, and its signature covers the exact
+    stored bytes. Raises :class:`IntegrityError` naming the first bad seq.
+    """
+    head = start
+    out: list[Entry] = []
+    for body, signature in rows:
+        expect = 0 if head is None else head.seq + 1
+        digest = hashlib.sha256(body).digest()
+        try:
+            entry = decode_body(body, signature, digest, limits)
+        except CodecError as exc:
+            raise IntegrityError(f"entry does not decode: {exc}", object_id=object_id, seq=expect) from None
+        if entry.seq != expect:
+            raise IntegrityError(f"expected seq {expect}, found seq {entry.seq}", object_id=object_id, seq=expect)
+        if head is None:
+            if entry.action is not Action.INSTANTIATE:
+                raise IntegrityError("entry 0 is not an instantiation", object_id=object_id, seq=0)
+            if entry.prev != genesis(object_id) or entry.outcome.get("object_id") != object_id:
+                raise IntegrityError("entry 0 is not bound to this object id", object_id=object_id, seq=0)
+            scope = _scope_of(entry, object_id)
+        else:
+            if entry.action is Action.INSTANTIATE:
+                raise IntegrityError("instantiation after entry 0", object_id=object_id, seq=entry.seq)
+            if entry.prev != head.hash:
+                raise IntegrityError("hash link broken", object_id=object_id, seq=entry.seq)
+            scope = head.scope
+        if len(signature) != 64:
+            raise IntegrityError("signature is not 64 bytes", object_id=object_id, seq=entry.seq)
+        try:
+            keyring.verify(entry.signer, scope, body, signature, seq=entry.seq)
+        except IntegrityError as exc:
+            raise IntegrityError(exc.reason, object_id=object_id, seq=entry.seq) from None
+        head = Head(object_id, entry.seq, digest, scope)
+        out.append(entry)
+    return head, out
+
+
+def _scope_of(entry: Entry, object_id: str) -> str:
+    try:
+        context = structure(entry.outcome.get("context"), Context)
+        structure(entry.outcome.get("intent"), Intent)
+    except CodecError as exc:
+        raise IntegrityError(f"entry 0 has an invalid intent or context: {exc}", object_id=object_id, seq=0) from None
+    return context.trust_scope
+
+
+class Fold:
+    """The running summary of a verified chain: what the cycle and the handler read.
+
+    It is updated in place, one entry at a time (:meth:`apply`), so the cost of a step is
+    proportional to its own state update, never to the length of the history.
+    """
+
+    __slots__ = (
+        "cannot_do",
+        "children",
+        "consecutive_failures",
+        "context",
+        "failures",
+        "hash",
+        "intent",
+        "last_error_class",
+        "last_latency",
+        "object_id",
+        "pending_signals",
+        "reason",
+        "result",
+        "seq",
+        "state",
+        "status",
+        "steps",
+        "wait",
+    )
+
+    def __init__(self, first: Entry):
+        outcome = first.outcome
+        self.object_id: str = outcome["object_id"]
+        self.intent: Intent = structure(outcome["intent"], Intent)
+        self.context: Context = structure(outcome["context"], Context)
+        self.seq = first.seq
+        self.hash = first.hash
+        self.status = Status.RUNNABLE
+        self.state: dict[str, Any] = {}
+        self.result: Any = None
+        self.reason: str | None = None
+        self.consecutive_failures = 0
+        self.failures = 0
+        self.steps = 0
+        self.wait: dict[str, Any] | None = None
+        self.pending_signals: tuple[Signal, ...] = ()
+        self.children: list[str] = []
+        self.cannot_do: set[str] = set()
+        self.last_latency = 0
+        self.last_error_class: str | None = None
+
+    @classmethod
+    def of(cls, entries: Sequence[Entry]) -> Fold:
+        fold = cls(entries[0])
+        for entry in entries[1:]:
+            fold.apply(entry)
+        return fold
+
+    def state_view(self) -> MappingProxyType[str, Any]:
+        return MappingProxyType(self.state)
+
+    def apply(self, entry: Entry) -> None:
+        """Advance the summary past ``entry`` (which must be the next verified entry)."""
+        out = entry.outcome
+        self.seq = entry.seq
+        self.hash = entry.hash
+        update = out.get("state")
+        if update:
+            self.state.update(update)
+        action = entry.action
+        if "latency" in out:
+            self.last_latency = out["latency"]
+        if action is Action.EXECUTE or action is Action.DELEGATE or action is Action.MUTATE:
+            self.steps += 1
+            self.pending_signals = ()
+            kind = out.get("status", "ok")
+            if kind == "ok":
+                self.consecutive_failures = 0
+            elif kind in ("refused", "invalid"):
+                self.consecutive_failures += 1
+                self.failures += 1
+            elif kind == "cannot_do":
+                self.cannot_do.add(out["capability"])
+            if action is Action.MUTATE:
+                new = out["new"]
+                if "goal" in new:
+                    self.intent = attrs.evolve(self.intent, goal=new["goal"])
+                if "constraints" in new:
+                    self.intent = attrs.evolve(self.intent, constraints=structure(new["constraints"], Constraints))
+            elif action is Action.DELEGATE:
+                self.children.extend(c["id"] for c in out["children"])
+                self.wait = {"children": True} if out.get("wait") else None
+                self.status = Status.DORMANT if self.wait else Status.RUNNABLE
+                return
+            self.status = Status.RUNNABLE
+            self.wait = None
+        elif action is Action.DORMANCY:
+            self.steps += 1
+            self.pending_signals = ()
+            if out.get("status") == "failed":
+                self.consecutive_failures += 1
+                self.failures += 1
+                self.last_error_class = out.get("error", {}).get("class")
+            else:
+                self.consecutive_failures = 0
+            self.status = Status.DORMANT
+            self.wait = out["wake"]
+        elif action is Action.REENTRY:
+            self.status = Status.RUNNABLE
+            self.wait = None
+            self.pending_signals = tuple(
+                Signal(s["name"], s.get("payload"), s.get("id", 0)) for s in out.get("signals", ())
+            )
+        elif action is Action.TERMINATE:
+            self.status = Status.TERMINATED
+            self.reason = out.get("reason")
+            self.result = out.get("result")
+            if out.get("status") == "failed":
+                self.failures += 1
+            self.wait = None
+        elif action is Action.INSTANTIATE:  # pragma: no cover - verify_chain refuses it
+            raise IntegrityError("instantiation after entry 0", object_id=self.object_id, seq=entry.seq)

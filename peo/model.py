@@ -1,0 +1,243 @@
+"""The object model: frozen values that describe an object, its memory and its proposals.
+
+Nothing here does I/O or reads a clock. Times are integer nanoseconds since the Unix
+epoch, so that a record encodes, decodes and re-encodes to the same bytes.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+__all__ = [
+    "Action",
+    "CannotDo",
+    "Constraints",
+    "Context",
+    "Continue",
+    "Delegate",
+    "Done",
+    "Entry",
+    "Fail",
+    "Intent",
+    "ObjectInfo",
+    "Proposal",
+    "Refine",
+    "Signal",
+    "Sleep",
+    "Status",
+    "Step",
+    "WaitSignal",
+]
+
+#: Reserved signal name: a cancellation request delivered through the inbox.
+CANCEL_SIGNAL = "peo.cancel"
+
+
+class Action(enum.StrEnum):
+    """What an entry records. Entry 0 is ``instantiate``; every later entry is one of six."""
+
+    INSTANTIATE = "instantiate"
+    EXECUTE = "execute"
+    MUTATE = "mutate"
+    DELEGATE = "delegate"
+    DORMANCY = "dormancy"
+    REENTRY = "reentry"
+    TERMINATE = "terminate"
+
+
+class Status(enum.StrEnum):
+    RUNNABLE = "runnable"
+    RUNNING = "running"  # runnable and leased by a node right now (derived, never stored)
+    DORMANT = "dormant"
+    TERMINATED = "terminated"
+    QUARANTINED = "quarantined"
+
+
+def _frozen_dict(value: Mapping[str, Any] | None) -> dict[str, Any]:
+    return dict(value) if value else {}
+
+
+@attrs.frozen
+class Constraints:
+    """Limits on an intent. ``None`` means "use the node policy's default"."""
+
+    deadline: int | None = None  # absolute, ns since the epoch
+    max_failures: int | None = None  # consecutive failures before the object fails
+    max_steps: int | None = None  # step budget: executed steps before a policy cut-off
+    retry_base: float | None = None  # seconds: first retry delay
+    retry_max: float | None = None  # seconds: longest retry delay
+
+
+@attrs.frozen
+class Intent:
+    """What to do: the capability (``handler``), its arguments (``goal``) and limits."""
+
+    handler: str
+    goal: dict[str, Any] = attrs.field(factory=dict, converter=_frozen_dict)
+    constraints: Constraints = attrs.field(factory=Constraints)
+
+
+@attrs.frozen
+class Context:
+    """Who and where: evaluated against each node's local policy."""
+
+    identity: str = "anonymous"
+    trust_scope: str = "default"
+    priority: int = 0
+    parent: str | None = None
+    labels: dict[str, str] = attrs.field(factory=dict, converter=_frozen_dict)
+    resources: dict[str, Any] = attrs.field(factory=dict, converter=_frozen_dict)
+
+
+@attrs.frozen
+class Entry:
+    """One memory entry: the decoded fields plus the exact bytes that were signed.
+
+    ``body`` is the signed msgpack; ``hash`` is its SHA-256 and the entry's identity
+    (never the signature). Verification reads ``body``, never a re-encoding.
+    """
+
+    seq: int
+    trace_id: str
+    timestamp: int
+    origin_node: str
+    policy_ref: str
+    action: Action
+    outcome: dict[str, Any]
+    prev: bytes
+    signer: str
+    signature: bytes
+    body: bytes = attrs.field(repr=False)
+    hash: bytes = attrs.field(repr=False)
+
+
+@attrs.frozen
+class Signal:
+    name: str
+    payload: Any = None
+    id: int = 0
+
+
+# -- proposals: what a handler may return; the cycle and the policy decide -------------
+
+
+@attrs.frozen(kw_only=True)
+class Continue:
+    """Keep going: run another step soon."""
+
+    state: dict[str, Any] | None = None
+
+
+@attrs.frozen
+class Done:
+    """The objective is satisfied: terminate with ``result``."""
+
+    result: Any = None
+    state: dict[str, Any] | None = attrs.field(default=None, kw_only=True)
+
+
+@attrs.frozen(kw_only=True)
+class Sleep:
+    """Go dormant until ``seconds`` from now, or until ``until`` (Unix seconds)."""
+
+    seconds: float | None = None
+    until: float | None = None
+    state: dict[str, Any] | None = None
+
+
+@attrs.frozen
+class WaitSignal:
+    """Go dormant until a signal called ``name`` arrives (or ``timeout`` seconds pass)."""
+
+    name: str
+    timeout: float | None = attrs.field(default=None, kw_only=True)
+    state: dict[str, Any] | None = attrs.field(default=None, kw_only=True)
+
+
+@attrs.frozen
+class Delegate:
+    """Create child objects; with ``wait`` the parent sleeps until all have terminated."""
+
+    children: Sequence[Intent]
+    wait: bool = attrs.field(default=True, kw_only=True)
+    state: dict[str, Any] | None = attrs.field(default=None, kw_only=True)
+
+
+@attrs.frozen(kw_only=True)
+class Refine:
+    """Change the goal and/or the constraints without re-instantiating."""
+
+    goal: dict[str, Any] | None = None
+    constraints: Constraints | None = None
+    state: dict[str, Any] | None = None
+
+
+@attrs.frozen
+class Fail:
+    """This step failed. Retryable failures back off; others terminate the object."""
+
+    reason: str
+    retryable: bool = attrs.field(default=True, kw_only=True)
+    error_class: str = attrs.field(default="error", kw_only=True)
+    state: dict[str, Any] | None = attrs.field(default=None, kw_only=True)
+
+
+@attrs.frozen
+class CannotDo:
+    """Negative capability: this handler cannot do ``capability``; later cycles honour it."""
+
+    capability: str
+    reason: str = ""
+    state: dict[str, Any] | None = attrs.field(default=None, kw_only=True)
+
+
+Proposal = Continue | Done | Sleep | WaitSignal | Delegate | Refine | Fail | CannotDo
+
+
+@attrs.frozen
+class Step:
+    """What a handler receives for one step.
+
+    ``memory`` is the verified log (a read-only sequence shared with the node, not a copy);
+    ``signals`` are the signals delivered to this step; ``children`` maps each finished
+    child's id to its result. ``idempotency_key`` (``object id:seq``) is the same every time
+    this step is attempted, so tools can de-duplicate side effects with it.
+    """
+
+    object_id: str
+    seq: int
+    intent: Intent
+    context: Context
+    state: Mapping[str, Any]
+    memory: Sequence[Entry]
+    signals: tuple[Signal, ...] = ()
+    children: Mapping[str, Any] = attrs.field(factory=dict)
+    attempt: int = 1
+    cannot_do: frozenset[str] = frozenset()
+
+    @property
+    def goal(self) -> dict[str, Any]:
+        return self.intent.goal
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.object_id}:{self.seq}"
+
+
+@attrs.frozen
+class ObjectInfo:
+    """A read-only view of one stored object, as ``Client.get`` returns it."""
+
+    id: str
+    status: Status
+    intent: Intent
+    context: Context
+    seq: int
+    result: Any = None
+    reason: str | None = None
+    memory: tuple[Entry, ...] = ()
+    state: dict[str, Any] = attrs.field(factory=dict)

@@ -1,0 +1,232 @@
+"""The store contract: what every backend promises, method by method.
+
+A store keeps objects durable and shares them among nodes. Memory entries are rows that
+are only ever inserted; the object *head* (seq, head hash, status, due time, lease) is a
+cache of what the entries say and could be rebuilt from them. Every method that writes is
+one transaction: it happens completely or not at all.
+
+Times are integer nanoseconds since the epoch and always passed in by the caller, so a
+store never reads the clock for decisions.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Collection, Sequence
+from typing import Any
+
+import attrs
+
+from ..model import Entry, Signal
+
+__all__ = ["AppendItem", "Claim", "NewObject", "ObjectRow", "Store"]
+
+#: Statuses as stored. "running" is derived: runnable and leased right now.
+STORED_STATUSES = ("runnable", "dormant", "terminated", "quarantined")
+
+
+@attrs.frozen
+class NewObject:
+    """An object to create: its head fields and its signed entry 0."""
+
+    id: str
+    handler: str
+    scope: str
+    identity: str
+    priority: int
+    parent: str | None
+    entry: Entry
+    due_at: int  # when it is first due (normally: now)
+
+
+@attrs.frozen
+class ObjectRow:
+    """The head of one object as stored."""
+
+    id: str
+    handler: str
+    scope: str
+    identity: str
+    priority: int
+    status: str
+    seq: int
+    head: bytes
+    due_at: int | None
+    lease_owner: str | None
+    lease_until: int | None
+    parent: str | None
+    result: bytes | None  # msgpack of the result (terminated objects)
+    reason: str | None
+    wait_signal: str | None
+    wait_children: bool
+    inbox: int  # signals waiting in the inbox
+    created_at: int
+    updated_at: int
+
+    def status_at(self, now: int) -> str:
+        if self.status == "runnable" and self.lease_until is not None and self.lease_until > now:
+            return "running"
+        return self.status
+
+
+@attrs.frozen
+class Claim:
+    """A lease on one object: ``token`` fences every write made under it."""
+
+    id: str
+    token: int
+    seq: int
+    inbox: int
+
+
+@attrs.frozen
+class AppendItem:
+    """One entry to append under a lease, and the head fields it sets.
+
+    The append is a compare-and-swap on (seq, lease token): it succeeds only if the head
+    is still at ``entry.seq - 1`` and the lease token is still ours.
+    """
+
+    object_id: str
+    token: int
+    entry: Entry
+    status: str
+    due_at: int | None
+    wait_signal: str | None = None
+    wait_children: bool = False
+    consumed: tuple[int, ...] = ()
+    children: tuple[NewObject, ...] = ()
+    result: bytes | None = None
+    reason: str | None = None
+    release: bool = False  # drop the lease in the same transaction
+    parent: str | None = None  # set when this entry terminates a child: its parent is woken
+
+
+class Store(abc.ABC):
+    """The contract both backends implement. See each method for its atomicity."""
+
+    url: str
+
+    async def __aenter__(self) -> Store:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and bring the schema to the current version (idempotent, migrations
+        numbered and recorded in a version table)."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None: ...
+
+    @abc.abstractmethod
+    async def create(self, objects: Sequence[NewObject]) -> None:
+        """Insert objects with their entry 0, all in one transaction (all or none).
+        Raises ConflictError if an id exists."""
+
+    @abc.abstractmethod
+    async def claim(
+        self,
+        owner: str,
+        *,
+        now: int,
+        lease_ns: int,
+        limit: int,
+        handlers: Collection[str],
+        scopes: Collection[str] | None,
+        exclude: Collection[str] = (),
+    ) -> list[Claim]:
+        """Lease up to ``limit`` due objects (due_at <= now, no live lease) whose handler
+        is in ``handlers`` (and scope in ``scopes`` unless None), highest priority first.
+        Each claim is atomic: no two live leases on one object, ever."""
+
+    @abc.abstractmethod
+    async def drop_leases(self, owner: str) -> int:
+        """Drop every lease held by ``owner`` (a node restarting under its own id takes
+        back its objects at once instead of waiting for the TTL). Returns how many."""
+
+    @abc.abstractmethod
+    async def renew(self, owner: str, leases: dict[str, int], *, until: int) -> set[str]:
+        """Extend our leases to ``until``; return the ids whose lease we no longer hold."""
+
+    @abc.abstractmethod
+    async def entries(self, object_id: str, after: int = -1) -> list[tuple[bytes, bytes]]:
+        """The (body, signature) rows with seq > ``after``, in seq order."""
+
+    @abc.abstractmethod
+    async def entry_hash(self, object_id: str, seq: int) -> bytes | None:
+        """The stored hash of entry ``seq`` (to recognise our own write after an unknown
+        commit outcome), or None."""
+
+    @abc.abstractmethod
+    async def append(self, items: Sequence[AppendItem], *, now: int) -> list[int | None]:
+        """Group commit: append every item in ONE transaction. Each item is its own
+        compare-and-swap; an item that loses its CAS is skipped (its result is None) and
+        the others still commit. For the others the result is the count of signals left
+        in the object's inbox. Within the transaction: the entry row is inserted, the
+        head updated, consumed inbox rows deleted, children created with their entry 0,
+        and a terminated child's waiting parent made due."""
+
+    @abc.abstractmethod
+    async def release(self, object_id: str, token: int, *, due_at: int | None, now: int) -> None:
+        """Drop our lease without appending. A dormant object waiting for a signal that
+        is already in its inbox, or for children that have all finished, is made due now
+        instead (no wake-up is lost)."""
+
+    @abc.abstractmethod
+    async def quarantine(self, object_id: str, reason: str, *, now: int) -> None:
+        """Mark an object quarantined (it never runs again) and record why."""
+
+    @abc.abstractmethod
+    async def signal(self, object_id: str, name: str, payload: Any, *, now: int) -> int:
+        """Put a signal in the object's inbox and wake the object if it waits for it.
+        Raises NotFoundError for an unknown id. Returns the signal id."""
+
+    @abc.abstractmethod
+    async def inbox(self, object_id: str) -> list[Signal]:
+        """Signals waiting in the inbox, oldest first."""
+
+    @abc.abstractmethod
+    async def get(self, object_id: str) -> ObjectRow:
+        """The head of one object; NotFoundError if there is none."""
+
+    @abc.abstractmethod
+    async def list(self, *, status: str | None = None, limit: int | None = None,
+                   parent: str | None = None) -> list[ObjectRow]:
+        """Heads ordered by id; ``status`` may be "running"."""
+
+    @abc.abstractmethod
+    async def busy(self, *, now: int) -> bool:
+        """Is any object runnable, leased, or due now?"""
+
+    @abc.abstractmethod
+    async def next_due(self) -> int | None:
+        """The earliest due time of any claimable object (for sleeping until then)."""
+
+    @abc.abstractmethod
+    async def import_object(
+        self,
+        obj: NewObject,
+        rest: Sequence[Entry],
+        *,
+        status: str,
+        due_at: int | None,
+        wait_signal: str | None,
+        wait_children: bool,
+        result: bytes | None,
+        reason: str | None,
+        now: int,
+    ) -> None:
+        """Insert an object, its entry 0 (``obj.entry``) and the ``rest`` of its already
+        verified entries in one transaction, with the head they fold to.
+        Raises ConflictError if the id exists."""
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Sleep until work may be available or ``timeout`` seconds pass (backends with a
+        notification channel wake early)."""
+        import asyncio
+
+        await asyncio.sleep(timeout)

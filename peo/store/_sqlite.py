@@ -1,0 +1,548 @@
+"""The SQLite store: the embedded default (``sqlite:///path.db``).
+
+WAL mode; ``synchronous=FULL`` by default so a commit survives power loss, or
+``?durability=normal`` (survives a process crash, may lose the last commits on power
+loss). Writes use ``BEGIN IMMEDIATE`` so a compare-and-swap never has to be retried
+half-way. Several processes may share one file: SQLite serializes their writers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import sqlite3
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlparse
+
+import aiosqlite
+
+from .. import faults
+from ..codec import packb, unpackb
+from ..errors import CodecError, ConflictError, NotFoundError, StoreError, UsageError
+from ..model import Entry, Signal
+from ._base import AppendItem, Claim, NewObject, ObjectRow, Store
+
+__all__ = ["SQLiteStore"]
+
+T = TypeVar("T")
+
+# Numbered migrations; the version table records how many have run.
+_MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE objects (
+        id TEXT PRIMARY KEY,
+        handler TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        identity TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        head BLOB NOT NULL,
+        due_at INTEGER,
+        lease_owner TEXT,
+        lease_token INTEGER,
+        lease_until INTEGER,
+        parent TEXT,
+        result BLOB,
+        reason TEXT,
+        wait_signal TEXT,
+        wait_children INTEGER NOT NULL DEFAULT 0,
+        inbox INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    -- Only claimable objects have a due time, so claiming never scans dormant-forever
+    -- or finished objects.
+    CREATE INDEX objects_due ON objects (due_at) WHERE due_at IS NOT NULL;
+    CREATE INDEX objects_parent ON objects (parent) WHERE parent IS NOT NULL;
+    CREATE INDEX objects_status ON objects (status);
+    CREATE TABLE entries (
+        object_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        sig BLOB NOT NULL,
+        hash BLOB NOT NULL,
+        PRIMARY KEY (object_id, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE inbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        object_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX inbox_object ON inbox (object_id, id);
+    """,
+]
+
+_COLUMNS = (
+    "id, handler, scope, identity, priority, status, seq, head, due_at, lease_owner, lease_until,"
+    " parent, result, reason, wait_signal, wait_children, inbox, created_at, updated_at"
+)
+
+
+def _row(r: Sequence[Any]) -> ObjectRow:
+    return ObjectRow(
+        id=r[0], handler=r[1], scope=r[2], identity=r[3], priority=r[4], status=r[5], seq=r[6],
+        head=bytes(r[7]), due_at=r[8], lease_owner=r[9], lease_until=r[10], parent=r[11],
+        result=None if r[12] is None else bytes(r[12]), reason=r[13], wait_signal=r[14],
+        wait_children=bool(r[15]), inbox=r[16], created_at=r[17], updated_at=r[18],
+    )
+
+
+def parse_sqlite_url(url: str) -> tuple[str, str]:
+    """``sqlite:///relative.db`` or ``sqlite:////abs/path.db`` -> (path, durability)."""
+    parsed = urlparse(url)
+    if parsed.scheme != "sqlite" or parsed.netloc:
+        raise UsageError(f"not an SQLite store URL: {url!r} (expected sqlite:///path.db)")
+    path = parsed.path[1:] if parsed.path.startswith("/") else parsed.path
+    if not path or path == ":memory:":
+        raise UsageError(f"SQLite store URL {url!r} names no file")
+    query = parse_qs(parsed.query)
+    unknown = set(query) - {"durability"}
+    if unknown:
+        raise UsageError(f"unknown SQLite store option(s): {', '.join(sorted(unknown))}")
+    durability = query.get("durability", ["full"])[-1].lower()
+    if durability not in ("full", "normal"):
+        raise UsageError("durability must be 'full' or 'normal'")
+    return path, durability
+
+
+class SQLiteStore(Store):
+    def __init__(self, url: str):
+        self.url = url
+        self.path, self.durability = parse_sqlite_url(url)
+        self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()  # one transaction at a time on our connection
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    async def _guard(self, op: Callable[[], Awaitable[T]]) -> T:
+        """Run ``op`` translating sqlite3 errors into StoreError."""
+        try:
+            return await op()
+        except sqlite3.IntegrityError as exc:
+            raise ConflictError(f"SQLite constraint: {exc}") from None
+        except sqlite3.OperationalError as exc:
+            busy = "locked" in str(exc) or "busy" in str(exc)
+            raise StoreError(f"SQLite ({self.path}): {exc}", retryable=busy) from None
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"SQLite database {self.path} is unusable: {exc}", retryable=False) from None
+        except ValueError as exc:  # aiosqlite: "no active connection"
+            raise StoreError(f"SQLite store is closed: {exc}", retryable=False) from None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StoreError("the store is not open", retryable=False)
+        return self._db
+
+    async def open(self) -> None:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(directory):
+            raise StoreError(f"cannot open SQLite store: directory {directory} does not exist", retryable=False)
+
+        async def go() -> None:
+            db = await aiosqlite.connect(self.path, isolation_level=None)
+            self._db = db
+            await db.execute("PRAGMA busy_timeout = 10000")
+            await db.execute("PRAGMA journal_mode = WAL")
+            await db.execute(f"PRAGMA synchronous = {self.durability.upper()}")
+            await db.execute("PRAGMA foreign_keys = OFF")
+            await self._migrate()
+
+        try:
+            await self._guard(go)
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def _migrate(self) -> None:
+        db = self.db
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            await db.execute("CREATE TABLE IF NOT EXISTS peo_schema (version INTEGER NOT NULL)")
+            async with db.execute("SELECT max(version) FROM peo_schema") as cur:
+                row = await cur.fetchone()
+            current = (row[0] if row and row[0] is not None else 0)
+            if current > len(_MIGRATIONS):
+                raise StoreError(
+                    f"store schema version {current} is newer than this peo supports ({len(_MIGRATIONS)})",
+                    retryable=False,
+                )
+            for number in range(current, len(_MIGRATIONS)):
+                for statement in _MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        await db.execute(statement)
+                await db.execute("INSERT INTO peo_schema (version) VALUES (?)", (number + 1,))
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+
+    async def aclose(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            try:
+                await db.close()
+            except Exception:  # closing a broken connection: nothing more to save
+                pass
+
+    async def _write(self, body: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        """Run ``body`` inside BEGIN IMMEDIATE ... COMMIT (or ROLLBACK on any error)."""
+
+        async def op() -> T:
+            async with self._lock:
+                db = self.db
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    result = await body(db)
+                    if faults.ARMED:
+                        faults.hit("store.before_commit")
+                    await db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        try:
+                            await db.execute("ROLLBACK")
+                        except Exception:
+                            pass
+                    raise
+                if faults.ARMED:
+                    faults.hit("store.after_commit")
+                return result
+
+        return await self._guard(op)
+
+    async def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        async def op() -> list[Any]:
+            async with self.db.execute(sql, args) as cur:
+                return list(await cur.fetchall())
+
+        return await self._guard(op)
+
+    # -- the contract -------------------------------------------------------------------
+
+    async def create(self, objects: Sequence[NewObject]) -> None:
+        async def body(db: aiosqlite.Connection) -> None:
+            await _insert_objects(db, objects, objects[0].due_at if objects else 0)
+
+        await self._write(body)
+
+    async def claim(
+        self,
+        owner: str,
+        *,
+        now: int,
+        lease_ns: int,
+        limit: int,
+        handlers: Collection[str],
+        scopes: Collection[str] | None,
+        exclude: Collection[str] = (),
+    ) -> list[Claim]:
+        if limit <= 0 or not handlers:
+            return []
+        where = ["due_at <= ?", "(lease_until IS NULL OR lease_until < ?)", "status IN ('runnable', 'dormant')"]
+        args: list[Any] = [now, now]
+        where.append(f"handler IN ({','.join('?' * len(handlers))})")
+        args.extend(handlers)
+        if scopes is not None:
+            where.append(f"scope IN ({','.join('?' * len(scopes))})")
+            args.extend(scopes)
+        if exclude:
+            where.append(f"id NOT IN ({','.join('?' * len(exclude))})")
+            args.extend(exclude)
+        until = now + lease_ns
+
+        async def body(db: aiosqlite.Connection) -> list[Claim]:
+            sql = f"SELECT id FROM objects WHERE {' AND '.join(where)} ORDER BY priority DESC, due_at LIMIT ?"
+            async with db.execute(sql, [*args, limit]) as cur:
+                ids = [r[0] for r in await cur.fetchall()]
+            claims = []
+            for oid in ids:
+                token = secrets.randbits(62)
+                async with db.execute(
+                    "UPDATE objects SET lease_owner = ?, lease_token = ?, lease_until = ? WHERE id = ?"
+                    " RETURNING seq, inbox",
+                    (owner, token, until, oid),
+                ) as cur:
+                    row = await cur.fetchone()
+                assert row is not None
+                claims.append(Claim(oid, token, row[0], row[1]))
+            return claims
+
+        return await self._write(body)
+
+    async def drop_leases(self, owner: str) -> int:
+        async def body(db: aiosqlite.Connection) -> int:
+            cur = await db.execute(
+                "UPDATE objects SET lease_owner = NULL, lease_token = NULL, lease_until = NULL"
+                " WHERE lease_owner = ?",
+                (owner,),
+            )
+            n = cur.rowcount
+            await cur.close()
+            return n
+
+        return await self._write(body)
+
+    async def renew(self, owner: str, leases: dict[str, int], *, until: int) -> set[str]:
+        if not leases:
+            return set()
+
+        async def body(db: aiosqlite.Connection) -> set[str]:
+            lost = set()
+            for oid, token in leases.items():
+                cur = await db.execute(
+                    "UPDATE objects SET lease_until = ? WHERE id = ? AND lease_owner = ? AND lease_token = ?",
+                    (until, oid, owner, token),
+                )
+                if cur.rowcount != 1:
+                    lost.add(oid)
+                await cur.close()
+            return lost
+
+        return await self._write(body)
+
+    async def entries(self, object_id: str, after: int = -1) -> list[tuple[bytes, bytes]]:
+        rows = await self._read(
+            "SELECT body, sig FROM entries WHERE object_id = ? AND seq > ? ORDER BY seq", (object_id, after)
+        )
+        return [(bytes(b), bytes(s)) for b, s in rows]
+
+    async def entry_hash(self, object_id: str, seq: int) -> bytes | None:
+        rows = await self._read("SELECT hash FROM entries WHERE object_id = ? AND seq = ?", (object_id, seq))
+        return bytes(rows[0][0]) if rows else None
+
+    async def append(self, items: Sequence[AppendItem], *, now: int) -> list[int | None]:
+        async def body(db: aiosqlite.Connection) -> list[int | None]:
+            results: list[int | None] = []
+            for item in items:
+                results.append(await _append_one(db, item, now))
+            return results
+
+        return await self._write(body)
+
+    async def release(self, object_id: str, token: int, *, due_at: int | None, now: int) -> None:
+        async def body(db: aiosqlite.Connection) -> None:
+            await db.execute(_RELEASE, {"id": object_id, "token": token, "due": due_at, "now": now})
+
+        await self._write(body)
+
+    async def quarantine(self, object_id: str, reason: str, *, now: int) -> None:
+        async def body(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                "UPDATE objects SET status = 'quarantined', reason = ?, due_at = NULL, lease_owner = NULL,"
+                " lease_token = NULL, lease_until = NULL, updated_at = ? WHERE id = ?",
+                (reason[:2000], now, object_id),
+            )
+
+        await self._write(body)
+
+    async def signal(self, object_id: str, name: str, payload: Any, *, now: int) -> int:
+        blob = packb(payload)
+
+        async def body(db: aiosqlite.Connection) -> int:
+            async with db.execute("SELECT status FROM objects WHERE id = ?", (object_id,)) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                raise NotFoundError(f"no object {object_id}")
+            async with db.execute(
+                "INSERT INTO inbox (object_id, name, payload, created_at) VALUES (?, ?, ?, ?) RETURNING id",
+                (object_id, name, blob, now),
+            ) as cur:
+                sid = (await cur.fetchone())[0]  # type: ignore[index]
+            await db.execute(_SIGNAL, {"id": object_id, "name": name, "now": now})
+            return int(sid)
+
+        return await self._write(body)
+
+    async def inbox(self, object_id: str) -> list[Signal]:
+        rows = await self._read(
+            "SELECT id, name, payload FROM inbox WHERE object_id = ? ORDER BY id", (object_id,)
+        )
+        out = []
+        for sid, name, payload in rows:
+            try:
+                value = unpackb(bytes(payload))
+            except CodecError:
+                value = None  # written by peo itself; a corrupt payload is delivered as None
+            out.append(Signal(name, value, sid))
+        return out
+
+    async def get(self, object_id: str) -> ObjectRow:
+        rows = await self._read(f"SELECT {_COLUMNS} FROM objects WHERE id = ?", (object_id,))
+        if not rows:
+            raise NotFoundError(f"no object {object_id}")
+        return _row(rows[0])
+
+    async def list(self, *, status: str | None = None, limit: int | None = None,
+                   parent: str | None = None) -> list[ObjectRow]:
+        where: list[str] = []
+        args: list[Any] = []
+        if status is not None:
+            if status == "running":
+                where.append("status = 'runnable' AND lease_until > ?")
+                args.append(_now_hint())
+            else:
+                where.append("status = ?")
+                args.append(status)
+        if parent is not None:
+            where.append("parent = ?")
+            args.append(parent)
+        sql = f"SELECT {_COLUMNS} FROM objects"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [_row(r) for r in await self._read(sql, args)]
+
+    async def busy(self, *, now: int) -> bool:
+        rows = await self._read(
+            "SELECT 1 FROM objects WHERE (due_at IS NOT NULL AND due_at <= ? AND status IN ('runnable', 'dormant'))"
+            " OR lease_until > ? LIMIT 1",
+            (now, now),
+        )
+        return bool(rows)
+
+    async def next_due(self) -> int | None:
+        rows = await self._read(
+            "SELECT min(due_at) FROM objects WHERE due_at IS NOT NULL AND status IN ('runnable', 'dormant')"
+        )
+        return rows[0][0] if rows else None
+
+    async def import_object(
+        self,
+        obj: NewObject,
+        rest: Sequence[Entry],
+        *,
+        status: str,
+        due_at: int | None,
+        wait_signal: str | None,
+        wait_children: bool,
+        result: bytes | None,
+        reason: str | None,
+        now: int,
+    ) -> None:
+        async def body(db: aiosqlite.Connection) -> None:
+            await _insert_objects(db, [obj], now)
+            await db.executemany(
+                "INSERT INTO entries (object_id, seq, body, sig, hash) VALUES (?, ?, ?, ?, ?)",
+                [(obj.id, e.seq, e.body, e.signature, e.hash) for e in rest],
+            )
+            last = rest[-1] if rest else obj.entry
+            await db.execute(
+                "UPDATE objects SET seq = ?, head = ?, status = ?, due_at = ?, wait_signal = ?,"
+                " wait_children = ?, result = ?, reason = ?, updated_at = ? WHERE id = ?",
+                (last.seq, last.hash, status, due_at, wait_signal, int(wait_children), result, reason, now, obj.id),
+            )
+
+        await self._write(body)
+
+
+def _now_hint() -> int:
+    import time
+
+    return time.time_ns()
+
+
+async def _insert_objects(db: aiosqlite.Connection, objects: Sequence[NewObject], now: int) -> None:
+    await db.executemany(
+        "INSERT INTO objects (id, handler, scope, identity, priority, status, seq, head, due_at, parent,"
+        " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'runnable', 0, ?, ?, ?, ?, ?)",
+        [
+            (o.id, o.handler, o.scope, o.identity, o.priority, o.entry.hash, o.due_at, o.parent, o.due_at, o.due_at)
+            for o in objects
+        ],
+    )
+    await db.executemany(
+        "INSERT INTO entries (object_id, seq, body, sig, hash) VALUES (?, 0, ?, ?, ?)",
+        [(o.id, o.entry.body, o.entry.signature, o.entry.hash) for o in objects],
+    )
+
+
+# A dormant object whose awaited signal is already in its inbox (or whose children have
+# all finished) is due now: the check runs inside the writing transaction, so a signal or
+# a child committed just before can never be slept through.
+_WAKE_DUE = """
+    CASE
+      WHEN :status != 'dormant' THEN :due
+      WHEN EXISTS (SELECT 1 FROM inbox i WHERE i.object_id = :id
+                   AND (i.name = :wait_signal OR i.name = 'peo.cancel')) THEN :now
+      WHEN :wait_children AND NOT EXISTS (SELECT 1 FROM objects c WHERE c.parent = :id
+                   AND c.status NOT IN ('terminated', 'quarantined')) THEN :now
+      ELSE :due
+    END
+"""
+
+_APPEND_HEAD = f"""
+    UPDATE objects SET seq = :seq, head = :hash, status = :status, due_at = {_WAKE_DUE},
+      wait_signal = :wait_signal, wait_children = :wait_children,
+      result = coalesce(:result, result), reason = coalesce(:reason, reason),
+      inbox = inbox - :consumed, updated_at = :now,
+      lease_owner = CASE WHEN :release THEN NULL ELSE lease_owner END,
+      lease_token = CASE WHEN :release THEN NULL ELSE lease_token END,
+      lease_until = CASE WHEN :release THEN NULL ELSE lease_until END
+    WHERE id = :id AND seq = :prev_seq AND lease_token = :token
+    RETURNING inbox
+"""
+
+_RELEASE = """
+    UPDATE objects SET
+      due_at = CASE
+        WHEN status != 'dormant' THEN due_at
+        WHEN EXISTS (SELECT 1 FROM inbox i WHERE i.object_id = :id
+                     AND (i.name = objects.wait_signal OR i.name = 'peo.cancel')) THEN :now
+        WHEN wait_children AND NOT EXISTS (SELECT 1 FROM objects c WHERE c.parent = :id
+                     AND c.status NOT IN ('terminated', 'quarantined')) THEN :now
+        ELSE :due
+      END,
+      lease_owner = NULL, lease_token = NULL, lease_until = NULL
+    WHERE id = :id AND lease_token = :token
+"""
+
+_SIGNAL = """
+    UPDATE objects SET inbox = inbox + 1,
+      due_at = CASE WHEN status = 'dormant' AND (wait_signal = :name OR :name = 'peo.cancel')
+               THEN :now ELSE due_at END
+    WHERE id = :id
+"""
+
+
+async def _append_one(db: aiosqlite.Connection, item: AppendItem, now: int) -> int | None:
+    e = item.entry
+    if item.children:
+        await _insert_objects(db, item.children, now)
+    async with db.execute(
+        _APPEND_HEAD,
+        {
+            "id": item.object_id, "seq": e.seq, "prev_seq": e.seq - 1, "hash": e.hash, "status": item.status,
+            "due": item.due_at, "wait_signal": item.wait_signal, "wait_children": int(item.wait_children),
+            "result": item.result, "reason": item.reason, "consumed": len(item.consumed), "now": now,
+            "release": int(item.release), "token": item.token,
+        },
+    ) as cur:
+        row = await cur.fetchone()
+    if row is None:
+        if item.children:  # undo the children we inserted for a losing item
+            await db.executemany("DELETE FROM objects WHERE id = ?", [(c.id,) for c in item.children])
+            await db.executemany(
+                "DELETE FROM entries WHERE object_id = ? AND seq = 0", [(c.id,) for c in item.children]
+            )
+        return None
+    await db.execute(
+        "INSERT INTO entries (object_id, seq, body, sig, hash) VALUES (?, ?, ?, ?, ?)",
+        (item.object_id, e.seq, e.body, e.signature, e.hash),
+    )
+    if item.consumed:
+        await db.executemany(
+            "DELETE FROM inbox WHERE id = ? AND object_id = ?", [(sid, item.object_id) for sid in item.consumed]
+        )
+    if item.status == "terminated" and item.parent is not None:
+        await db.execute(
+            "UPDATE objects SET due_at = ? WHERE id = ? AND status = 'dormant' AND wait_children = 1",
+            (now, item.parent),
+        )
+    return int(row[0])
