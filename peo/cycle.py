@@ -283,8 +283,16 @@ def conclude(
                 limit = policy.max_sleep_seconds
                 return refuse("WaitSignal", f"a {t:g} s timeout is longer than the {limit:g} s allowed")
             wake["until"] = now + int(t * _SECOND)
-        return Decision(Action.DORMANCY, {**base, "status": "ok", "wake": wake}, Status.DORMANT,
-                        due_at=wake.get("until"), wait_signal=proposal.name, consumed=consumed)
+        # A step that was handed the very signal it now waits for leaves that signal in
+        # the inbox, so the wait ends at once instead of sleeping through it.
+        kept = [s for s in signals if s.name != proposal.name]
+        outcome = {**base, "status": "ok", "wake": wake}
+        if kept:
+            outcome["signals"] = _signals_out(kept)
+        else:
+            outcome.pop("signals", None)
+        return Decision(Action.DORMANCY, outcome, Status.DORMANT, due_at=wake.get("until"),
+                        wait_signal=proposal.name, consumed=tuple(s.id for s in kept if s.id))
 
     if isinstance(proposal, Delegate):
         intents = list(proposal.children)

@@ -1,0 +1,248 @@
+"""``peo demo``: a fleet of sample agents survives a node being killed with SIGKILL.
+
+The demo runs on the embedded default store (``sqlite:///peo.db`` in the current
+directory, or ``--store``). It submits a small fleet whose handlers between them use all
+six actions, starts two node processes, kills one with SIGKILL mid-run, lets the other
+take over, answers a human-in-the-loop wait with a signal, and ends by verifying every
+chain. Everything is local: no network, no API keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+from . import App, CannotDo, Client, Continue, Delegate, Done, Fail, Intent, Node, Refine, Sleep, Step, WaitSignal
+from .errors import PeoError
+from .model import Action
+
+__all__ = ["app", "main"]
+
+app = App()
+
+_WORK = 0.15  # seconds of pretend work per step, so the kill lands mid-run
+
+_TEXTS = [
+    "persistent objects carry their own intent context and memory",
+    "any stateless node can pick an object up and continue",
+    "a crash a lease lost or a deliberate sleep all resume the same way",
+    "dormant objects cost no memory on any node",
+]
+
+
+@app.handler("research")
+def research(step: Step) -> Any:
+    """Reads documents one per step, keeping a running word count (execute x N)."""
+    time.sleep(_WORK)
+    i = step.state.get("i", 0)
+    docs = step.goal.get("docs", 6)
+    if i >= docs:
+        return Done({"words": step.state.get("words", 0), "docs": docs})
+    words = len(_TEXTS[i % len(_TEXTS)].split())
+    return Continue(state={"i": i + 1, "words": step.state.get("words", 0) + words})
+
+
+@app.handler("approval")
+def approval(step: Step) -> Any:
+    """Drafts, then waits for a human's approval signal (dormancy, reentry on signal)."""
+    time.sleep(_WORK)
+    if not step.state.get("drafted"):
+        return WaitSignal("approve", timeout=120, state={"drafted": True})
+    answer = next((s.payload for s in step.signals if s.name == "approve"), None)
+    return Done({"approved": bool(answer and answer.get("approved")), "by": (answer or {}).get("by")})
+
+
+@app.handler("planner")
+def planner(step: Step) -> Any:
+    """Refines its goal (mutate), delegates subtasks (delegate) and merges their results."""
+    time.sleep(_WORK)
+    if "parts" not in step.goal:
+        return Refine(goal={**step.goal, "parts": 3})
+    if not step.state.get("delegated"):
+        subtasks = [Intent("subtask", {"n": n}) for n in range(step.goal["parts"])]
+        return Delegate(subtasks, wait=True, state={"delegated": True})
+    return Done({"total": sum(v for v in step.children.values() if isinstance(v, int))})
+
+
+@app.handler("subtask")
+def subtask(step: Step) -> Any:
+    time.sleep(_WORK)
+    k = step.state.get("k", 0)
+    if k < 2:
+        return Continue(state={"k": k + 1})
+    return Done(step.goal["n"] * 10)
+
+
+@app.handler("flaky")
+def flaky(step: Step) -> Any:
+    """A tool that fails twice (rate limited, then timed out) and then works: backoff."""
+    time.sleep(_WORK)
+    if step.attempt == 1 and not step.state.get("tried"):
+        return Fail("429 Too Many Requests", error_class="rate_limit", state={"tried": 1})
+    if step.state.get("tried") == 1:
+        return Fail("tool timed out", error_class="timeout", state={"tried": 2})
+    return Done({"attempts": 3})
+
+
+@app.handler("sleeper")
+def sleeper(step: Step) -> Any:
+    """Sleeps for a second (dormancy on a timer), notes it cannot browse, then finishes."""
+    time.sleep(_WORK)
+    if not step.state.get("slept"):
+        return Sleep(seconds=1.0, state={"slept": True})
+    if "web" not in step.cannot_do:
+        return CannotDo("web", "the demo has no network access")
+    return Done("rested")
+
+
+_FLEET = [("research", {"docs": 8})] * 8 + [("approval", {})] * 2 + [("planner", {"topic": "durability"})] * 2 \
+    + [("flaky", {})] * 2 + [("sleeper", {})] * 2
+
+
+def _worker(argv: list[str]) -> int:
+    """A demo node process (``python -m peo.demo --worker --store URL --node-id ID``)."""
+    p = argparse.ArgumentParser(prog="peo.demo worker")
+    p.add_argument("--store", required=True)
+    p.add_argument("--node-id", required=True)
+    args = p.parse_args(argv)
+    node = Node(args.store, app, node_id=args.node_id, concurrency=8, lease_ttl=1.5)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, node.stop)
+        await node.run()
+
+    asyncio.run(run())
+    return 0
+
+
+def _spawn(store: str, node_id: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "peo.demo", "--worker", "--store", store, "--node-id", node_id],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+async def _run(store: str, kill: bool, timeout: float) -> int:
+    async with Client(store, identity="demo") as client:
+        ids = []
+        for handler, goal in _FLEET:
+            ids.append(await client.submit(handler, goal, labels={"demo": "1"}))
+        fleet = set(ids)
+        _say(f"submitted {len(ids)} agent objects to {store}")
+        nodes = {"demo-a": _spawn(store, "demo-a"), "demo-b": _spawn(store, "demo-b")}
+        _say("started two node processes: demo-a and demo-b")
+        started = time.monotonic()
+        killed_at: float | None = None
+        approved: set[str] = set()
+        last = ""
+        try:
+            while True:
+                rows = [r for r in await client.list() if r.id in fleet or r.parent in fleet
+                        or (r.parent is not None and r.parent in fleet)]
+                for r in rows:
+                    if r.parent in fleet:
+                        fleet.add(r.id)
+                now_ns = time.time_ns()
+                statuses = Counter(r.status_at(now_ns) for r in rows)
+                steps = sum(r.seq for r in rows)
+                line = " ".join(f"{k}={v}" for k, v in sorted(statuses.items()))
+                if line != last:
+                    _say(f"  {time.monotonic() - started:5.1f}s  steps={steps:<4d} {line}")
+                    last = line
+                if kill and killed_at is None and steps >= 40:
+                    nodes["demo-a"].send_signal(signal.SIGKILL)
+                    nodes["demo-a"].wait()
+                    killed_at = time.monotonic()
+                    _say(f"  {killed_at - started:5.1f}s  SIGKILL -> node demo-a (its leases expire in 1.5 s;"
+                         " demo-b takes over)")
+                for r in rows:
+                    if r.handler == "approval" and r.status == "dormant" and r.wait_signal == "approve" \
+                            and r.id not in approved:
+                        await client.signal(r.id, "approve", {"approved": True, "by": "a human (the demo)"})
+                        approved.add(r.id)
+                        _say(f"  {time.monotonic() - started:5.1f}s  a human approves {r.id[:13]}… (signal)")
+                if rows and all(r.status in ("terminated", "quarantined") for r in rows):
+                    break
+                if time.monotonic() - started > timeout:
+                    _say(f"the fleet did not finish within {timeout:.0f} s")
+                    return 1
+                await asyncio.sleep(0.25)
+        finally:
+            for proc in nodes.values():
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in nodes.values():
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        elapsed = time.monotonic() - started
+        # Verify every chain and gather the figures from the memories themselves.
+        verified, takeovers, actions, steps = 0, 0, Counter[str](), 0
+        for oid in sorted(fleet):
+            await client.verify(oid)
+            verified += 1
+            info = await client.get(oid)
+            writers = [e.origin_node for e in info.memory[1:]]
+            steps += len(writers)
+            actions.update(str(e.action) for e in info.memory[1:])
+            if "demo-a" in writers and "demo-b" in writers[writers.index("demo-a"):]:
+                takeovers += 1
+        done = [await client.get(oid, memory=False) for oid in sorted(fleet)]
+        finished = sum(1 for d in done if d.reason == "done")
+        _say("")
+        _say(f"finished {finished} of {len(done)} objects in {elapsed:.1f} s; {steps} steps recorded")
+        if kill:
+            _say(f"takeovers after the SIGKILL: {takeovers} objects continued by demo-b where demo-a stopped")
+        _say("actions used: " + ", ".join(f"{a} x{actions[str(a)]}" for a in Action if a is not Action.INSTANTIATE))
+        _say(f"every chain verified: {verified} objects, all signatures and hash links intact")
+        flag = "" if store == "sqlite:///peo.db" else f" --store {store}"
+        _say("")
+        _say("try next:")
+        _say(f"  peo{flag} ls")
+        _say(f"  peo{flag} show {ids[10]}")
+        _say(f"  peo{flag} verify")
+        missing = [a for a in Action if a is not Action.INSTANTIATE and actions[str(a)] == 0]
+        return 0 if finished == len(done) and not missing else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--worker"]:
+        return _worker(argv[1:])
+    p = argparse.ArgumentParser(
+        prog="peo demo",
+        description="Run a fleet of sample agents on two node processes, kill one with SIGKILL "
+        "mid-run, and show the other take over; ends by verifying every chain.",
+    )
+    p.add_argument("--store", default=os.environ.get("PEO_STORE") or "sqlite:///peo.db",
+                   help="store URL (default: PEO_STORE or sqlite:///peo.db)")
+    p.add_argument("--no-kill", action="store_true", help="do not kill a node (for comparison)")
+    p.add_argument("--timeout", type=float, default=55.0, help="give up after this many seconds (default 55)")
+    args = p.parse_args(argv)
+    try:
+        return asyncio.run(_run(args.store, not args.no_kill, args.timeout))
+    except PeoError as exc:
+        print(f"peo demo: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())
