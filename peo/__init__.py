@@ -9,8 +9,9 @@ Layers (the core imports nothing from the shell, and does no I/O and no clock re
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .app import App as App
-from .client import Client as Client
 from .crypto import Keyring as Keyring
 from .crypto import SigningKey as SigningKey
 from .errors import CodecError as CodecError
@@ -42,8 +43,25 @@ from .model import Sleep as Sleep
 from .model import Status as Status
 from .model import Step as Step
 from .model import WaitSignal as WaitSignal
-from .node import Node as Node
 from .policy import Policy as Policy
+
+if TYPE_CHECKING:
+    from .client import Client as Client
+    from .node import Node as Node
+
+
+def __getattr__(name: str) -> Any:
+    # The shell (client, node: asyncio, stores) loads on first use, so that importing the
+    # pure core (peo.cycle, peo.memory, ...) pulls in no I/O machinery at all.
+    if name == "Client":
+        from .client import Client
+
+        return Client
+    if name == "Node":
+        from .node import Node
+
+        return Node
+    raise AttributeError(f"module 'peo' has no attribute {name!r}")
 
 __version__ = "0.1.0"
 

@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -68,6 +68,7 @@ class Node:
         keyring: Keyring | None = None,
         poll_interval: float = 0.05,
         idle_horizon: float = 5.0,
+        clock: Callable[[], int] = time.time_ns,
     ):
         if not isinstance(app, App):
             raise UsageError("Node needs a peo.App with the handlers it can run")
@@ -91,6 +92,8 @@ class Node:
         self.key = load_key(key, "node")
         self.keyring = keyring if keyring is not None else keyring_for(self.policy, self.key)
         self.poll_interval = poll_interval
+        # The node's only clock (ns since the epoch): injectable so tests can move time.
+        self.clock = clock
         self.idle_horizon_ns = int(idle_horizon * 1e9)
         self._held: dict[str, _Held] = {}
         self._stopping = asyncio.Event()
@@ -140,7 +143,7 @@ class Node:
         scopes = self.policy.scope_filter()
         idle_checks = 0
         while not self._stopping.is_set():
-            now = time.time_ns()
+            now = self.clock()
             room = self.concurrency - len(self._held)
             claims: list[Claim] = []
             if room > 0 and handlers:
@@ -201,7 +204,7 @@ class Node:
                 faults.hit("node.before_renew")
             leases = {oid: h.token for oid, h in self._held.items() if not h.released}
             try:
-                lost = await self.store.renew(self.node_id, leases, until=time.time_ns() + self.lease_ns)
+                lost = await self.store.renew(self.node_id, leases, until=self.clock() + self.lease_ns)
             except StoreError as exc:
                 log.warning("renew_failed error=%s", exc)
                 continue
@@ -225,7 +228,7 @@ class Node:
         finally:
             if not held.released:
                 with contextlib.suppress(Exception):
-                    now = time.time_ns()
+                    now = self.clock()
                     await asyncio.shield(self.store.release(claim.id, held.token, due_at=now, now=now))
             self._held.pop(claim.id, None)
             self._wake.set()
@@ -244,7 +247,7 @@ class Node:
         except (IntegrityError, CodecError) as exc:
             log.error("object_quarantined id=%s reason=%s", oid, exc)
             self.stats["quarantined"] += 1
-            await self.store.quarantine(oid, f"verification failed: {exc}", now=time.time_ns())
+            await self.store.quarantine(oid, f"verification failed: {exc}", now=self.clock())
             held.released = True
             return
         refusal = self.policy.accepts(fold.intent, fold.context)
@@ -260,7 +263,7 @@ class Node:
             if fold.status is Status.DORMANT and (fold.wait or {}).get("children"):
                 kids = await self.store.list(parent=oid)
                 children_done = all(k.status in ("terminated", "quarantined") for k in kids)
-            now = time.time_ns()
+            now = self.clock()
             decided = plan(fold, self.policy, now=now, signals=signals, children_done=children_done)
             if isinstance(decided, Release):
                 await self.store.release(oid, held.token, due_at=decided.due_at, now=now)
@@ -286,7 +289,7 @@ class Node:
                 held.released = True
                 return
             if self._stopping.is_set():
-                await self.store.release(oid, held.token, due_at=time.time_ns(), now=time.time_ns())
+                await self.store.release(oid, held.token, due_at=self.clock(), now=self.clock())
                 held.released = True
                 return
 
@@ -331,11 +334,11 @@ class Node:
         if faults.ARMED:
             faults.hit("node.after_handler")
         child_ids = [new_id() for _ in proposal.children] if isinstance(proposal, Delegate) else []
-        return conclude(fold, self.policy, proposal, now=time.time_ns(), latency_ns=latency,
+        return conclude(fold, self.policy, proposal, now=self.clock(), latency_ns=latency,
                         signals=signals, child_ids=child_ids)
 
     async def _append(self, oid: str, held: _Held, fold: Fold, d: Decision) -> tuple[Entry, int | None]:
-        now = time.time_ns()
+        now = self.clock()
         entry = make_entry(
             self.key, seq=fold.seq + 1, prev=fold.hash, timestamp=now, origin_node=self.node_id,
             policy_ref=self.policy.ref, action=d.action, outcome=d.outcome, trace_id=oid,
@@ -408,7 +411,7 @@ class Node:
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:
-                    results = await self.store.append([i for i, _ in batch], now=time.time_ns())
+                    results = await self.store.append([i for i, _ in batch], now=self.clock())
                     self.stats["commits"] += 1
                 except BaseException as exc:
                     for _, fut in batch:

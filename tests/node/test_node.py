@@ -16,7 +16,6 @@ import peo
 from peo.model import Action
 
 
-
 def counting_app(calls: list[str] | None = None) -> peo.App:
     app = peo.App()
 
@@ -129,7 +128,7 @@ async def test_wait_signal_sleeps_until_the_signal_and_the_step_sees_it(store_ur
         # The awaited signal woke it; the other one is delivered to the same step.
         assert sorted(result, key=str) == [{"ignored": True}, {"yes": 1}]
         info = await client.get(oid)
-        reentry = [e for e in info.memory if e.action is Action.REENTRY][0]
+        reentry = next(e for e in info.memory if e.action is Action.REENTRY)
         assert reentry.outcome["trigger"] == "signal"
         assert [s["name"] for s in reentry.outcome["signals"]] == ["ok"]
 
@@ -350,3 +349,43 @@ def test_sigterm_stops_a_node_process_cleanly(tmp_path: Any) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+class FakeClock:
+    """Nanoseconds that move only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = time.time_ns()
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += int(seconds * 1e9)
+
+
+async def test_with_an_injected_clock_a_sleeper_wakes_exactly_when_due(sqlite_url: str) -> None:
+    app = peo.App()
+
+    @app.handler("hour")
+    def hour(step: peo.Step) -> peo.Proposal:
+        if not step.state.get("slept"):
+            return peo.Sleep(seconds=3600, state={"slept": True})
+        return peo.Done("awake")
+
+    async with peo.Client(sqlite_url) as client:
+        oid = await client.submit("hour")
+        clock = FakeClock()  # starts after the submit, so the new object is due
+        await run_idle(sqlite_url, app, clock=clock, idle_horizon=0)
+        assert (await client.get(oid, memory=False)).status is peo.Status.DORMANT
+
+        clock.advance(3599.9)  # not yet: a node finds nothing due and appends nothing
+        await run_idle(sqlite_url, app, clock=clock, idle_horizon=0)
+        assert len((await client.get(oid)).memory) == 2
+
+        clock.advance(0.2)
+        await run_idle(sqlite_url, app, clock=clock, idle_horizon=0)
+        info = await client.get(oid)
+        assert info.result == "awake"
+        until = info.memory[1].outcome["wake"]["until"]
+        assert info.memory[2].action is Action.REENTRY and info.memory[2].timestamp >= until
