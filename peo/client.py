@@ -64,7 +64,10 @@ class Client:
     @property
     def keyring(self) -> Keyring:
         if self._keyring is None:
-            self._keyring = keyring_for(self.policy, self.key)
+            # Reading and verifying must not create a key: trust this client's own key only
+            # if it already exists (the local key directory holds its .pub anyway).
+            own = [self._key] if self._key is not None else []
+            self._keyring = keyring_for(self.policy, *own)
         return self._keyring
 
     async def __aenter__(self) -> Client:
