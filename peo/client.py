@@ -26,7 +26,8 @@ from .store._sqlite import parse_sqlite_url
 __all__ = ["EXPORT_FORMAT", "Client"]
 
 EXPORT_FORMAT = "peo-export"
-_EXPORT_LIMITS = Limits(max_bytes=256 << 20, depth=8, items=10_000_000)
+# An export holds [body, signature] pairs: 3 items per entry, so a million entries fit.
+_EXPORT_LIMITS = Limits(max_bytes=256 << 20, depth=4, items=3_000_000)
 
 
 class Client:
@@ -234,6 +235,15 @@ class Client:
             raise IntegrityError(
                 f"the stored head (seq {row.seq}) does not match the memory (seq {head.seq})", object_id=object_id
             )
+        # The head caches what the memory says; a cache that disagrees was edited.
+        fold = Fold.of(entries)
+        if row.status in ("terminated", "runnable", "dormant") and row.status != str(fold.status):
+            raise IntegrityError(f"the head says {row.status} but the memory says {fold.status}",
+                                 object_id=object_id, seq=head.seq)
+        expected = packb(fold.result) if fold.status is Status.TERMINATED else None
+        if row.result != expected or (fold.status is Status.TERMINATED and row.reason != fold.reason):
+            raise IntegrityError("the head's cached result or reason differs from the memory",
+                                 object_id=object_id, seq=head.seq)
         return len(entries)
 
     # -- export and import ------------------------------------------------------------------

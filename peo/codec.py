@@ -104,32 +104,44 @@ def unpackb(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Any:
 
 
 def check_value(value: Any, limits: Limits = DEFAULT_LIMITS, *, what: str = "value") -> None:
-    """Check that ``value`` is plain data within ``limits`` (iteratively: no recursion)."""
+    """Check that ``value`` is plain data within ``limits`` (iteratively: no recursion).
+
+    A container's size is counted before its elements are looked at, and the summed length
+    of its strings and bytes (a lower bound of its encoded size) is held to
+    ``limits.max_bytes``, so an oversized value is refused before it is copied or encoded.
+    """
     stack: list[tuple[Any, int]] = [(value, 0)]
-    count = 0
+    count = 1
+    size = 0
     while stack:
         item, depth = stack.pop()
-        count += 1
-        if count > limits.items:
-            raise CodecError(f"{what} has more than {limits.items} elements")
-        if item is None or isinstance(item, bool | float | str | bytes):
+        if item is None or isinstance(item, bool | float):
+            continue
+        if isinstance(item, str | bytes):
+            size += len(item)
+            if size > limits.max_bytes:
+                raise CodecError(f"{what} holds more than {limits.max_bytes} bytes of text and binary data")
             continue
         if isinstance(item, int):
             if not _INT_MIN <= item <= _INT_MAX:
                 raise CodecError(f"{what}: integer {item} is out of the 64-bit range")
             continue
-        if isinstance(item, list | tuple):
+        if isinstance(item, list | tuple | dict):
             if depth >= limits.depth:
                 raise CodecError(f"{what} is nested deeper than {limits.depth} levels")
-            stack.extend((x, depth + 1) for x in item)
-            continue
-        if isinstance(item, dict):
-            if depth >= limits.depth:
-                raise CodecError(f"{what} is nested deeper than {limits.depth} levels")
-            for k, v in item.items():
-                if not isinstance(k, str):
-                    raise CodecError(f"{what}: map keys must be strings, got {type(k).__name__}")
-                stack.append((v, depth + 1))
+            count += len(item)
+            if count > limits.items:
+                raise CodecError(f"{what} has more than {limits.items} elements")
+            if isinstance(item, dict):
+                for k, v in item.items():
+                    if not isinstance(k, str):
+                        raise CodecError(f"{what}: map keys must be strings, got {type(k).__name__}")
+                    size += len(k)
+                    stack.append((v, depth + 1))
+                if size > limits.max_bytes:
+                    raise CodecError(f"{what} holds more than {limits.max_bytes} bytes of text and binary data")
+            else:
+                stack.extend((x, depth + 1) for x in item)
             continue
         raise CodecError(f"{what}: values of type {type(item).__name__} cannot be stored")
 

@@ -1,10 +1,12 @@
 """Fault points: named places in the node and the stores where a test can inject a crash
 or an error, armed through the environment so that child processes inherit it.
 
-``PEO_FAULTS="point=action[@probability][,point=action...]"`` with ``PEO_FAULTS_SEED=N``
-arms them. Actions: ``crash`` (the process dies at once with ``os._exit(137)``, as under
-kill -9), ``raise`` (a :class:`FaultInjected` error is raised at the point). Disarmed, a
-point costs one global boolean check (``if faults.ARMED:``) on the hot path.
+``PEO_FAULTS="point=action[@probability][#max_hits][,point=action...]"`` with
+``PEO_FAULTS_SEED=N`` arms them; ``#max_hits`` lets a point fire at most that many times
+(an in-process test injects one error, then watches the recovery). Actions: ``crash``
+(the process dies at once with ``os._exit(137)``, as under kill -9), ``raise`` (a
+:class:`FaultInjected` error is raised at the point). Disarmed, a point costs one global
+boolean check (``if faults.ARMED:``) on the hot path.
 
 Points: ``node.after_sign`` (entry signed, nothing written), ``store.before_commit``
 (inside the transaction, before COMMIT), ``store.after_commit`` (committed, before the
@@ -36,24 +38,32 @@ class FaultInjected(StoreError):
 
 
 ARMED = False
-_plan: dict[str, tuple[str, float]] = {}
+_plan: dict[str, tuple[str, float, int | None]] = {}
 _rng = random.Random(0)
-hits: dict[str, int] = {}
+hits: dict[str, int] = {}  # fired faults per point, since the process started
+_fired: dict[str, int] = {}  # fired faults per point, since the last arm()
 
 
 def arm(spec: str, seed: int = 0) -> None:
     """Arm fault points from a spec string (the format of ``PEO_FAULTS``)."""
     global ARMED
-    plan: dict[str, tuple[str, float]] = {}
+    plan: dict[str, tuple[str, float, int | None]] = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
         point, _, rest = part.partition("=")
+        rest, _, limit = rest.partition("#")
         action, _, prob = rest.partition("@")
         if point not in POINTS:
             raise ValueError(f"unknown fault point {point!r}; known: {', '.join(POINTS)}")
         if action not in ("crash", "raise"):
             raise ValueError(f"unknown fault action {action!r} (crash or raise)")
-        plan[point] = (action, float(prob) if prob else 1.0)
+        try:
+            probability = float(prob) if prob else 1.0
+            max_hits = int(limit) if limit else None
+        except ValueError:
+            raise ValueError(f"bad fault spec {part!r}: probability is a number, max hits an integer") from None
+        plan[point] = (action, probability, max_hits)
     _plan.clear()
+    _fired.clear()
     _plan.update(plan)
     _rng.seed(seed)
     ARMED = bool(plan)
@@ -70,10 +80,13 @@ def hit(point: str) -> None:
     planned = _plan.get(point)
     if planned is None:
         return
-    action, probability = planned
+    action, probability, max_hits = planned
+    if max_hits is not None and _fired.get(point, 0) >= max_hits:
+        return
     if _rng.random() >= probability:
         return
     hits[point] = hits.get(point, 0) + 1
+    _fired[point] = _fired.get(point, 0) + 1
     if action == "crash":
         os._exit(137)
     raise FaultInjected(f"injected fault at {point}")

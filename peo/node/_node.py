@@ -238,10 +238,11 @@ class Node:
         try:
             rows = await self.store.entries(oid)
             _, memory = verify_chain(oid, rows, self.keyring)
-            if not memory or memory[-1].seq != claim.seq:
+            if not memory or memory[-1].seq != claim.seq or memory[-1].hash != claim.head:
+                last = memory[-1].seq if memory else -1
                 raise IntegrityError(
-                    f"the head says seq {claim.seq} but the memory ends at seq {memory[-1].seq if memory else -1}",
-                    object_id=oid,
+                    f"the head (seq {claim.seq}) does not match the memory (which ends at seq {last})",
+                    object_id=oid, seq=claim.seq,
                 )
             fold = Fold.of(memory)
         except (IntegrityError, CodecError) as exc:

@@ -77,6 +77,7 @@ class Claim:
     token: int
     seq: int
     inbox: int
+    head: bytes  # hash of entry ``seq`` as the head records it; the node checks it
 
 
 @attrs.frozen
@@ -178,7 +179,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def quarantine(self, object_id: str, reason: str, *, now: int) -> None:
-        """Mark an object quarantined (it never runs again) and record why."""
+        """Mark an object quarantined (it never runs again) and record why. A quarantined
+        child counts as finished: its parent, if dormant waiting for children, is made due."""
 
     @abc.abstractmethod
     async def signal(self, object_id: str, name: str, payload: Any, *, now: int) -> int:

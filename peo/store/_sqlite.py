@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import secrets
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qs, urlparse
@@ -83,11 +85,21 @@ _COLUMNS = (
 )
 
 
+def _blob(value: Any) -> bytes | None:
+    """A BLOB cell as bytes. A cell of another type can only come from an edit behind peo's
+    back: its text becomes bytes that then fail verification or decoding, never a crash."""
+    if value is None or isinstance(value, bytes):
+        return value
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    return str(value).encode("utf-8", "surrogatepass")
+
+
 def _row(r: Sequence[Any]) -> ObjectRow:
     return ObjectRow(
         id=r[0], handler=r[1], scope=r[2], identity=r[3], priority=r[4], status=r[5], seq=r[6],
-        head=bytes(r[7]), due_at=r[8], lease_owner=r[9], lease_until=r[10], parent=r[11],
-        result=None if r[12] is None else bytes(r[12]), reason=r[13], wait_signal=r[14],
+        head=_blob(r[7]) or b"", due_at=r[8], lease_owner=r[9], lease_until=r[10], parent=r[11],
+        result=_blob(r[12]), reason=r[13], wait_signal=r[14],
         wait_children=bool(r[15]), inbox=r[16], created_at=r[17], updated_at=r[18],
     )
 
@@ -167,7 +179,17 @@ class SQLiteStore(Store):
 
     def _setup(self, conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA busy_timeout = 10000")
-        conn.execute("PRAGMA journal_mode = WAL")
+        # Switching a fresh file to WAL takes an exclusive lock and SQLite answers "locked"
+        # at once instead of waiting out busy_timeout: nodes opening a new store together
+        # would fail, so retry briefly (this runs on the connection's own thread).
+        for attempt in range(100):
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 99:
+                    raise
+                time.sleep(0.01 + 0.04 * random.random())
         conn.execute(f"PRAGMA synchronous = {self.durability.upper()}")
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -263,10 +285,10 @@ class SQLiteStore(Store):
                 token = secrets.randbits(62)
                 row = conn.execute(
                     "UPDATE objects SET lease_owner = ?, lease_token = ?, lease_until = ? WHERE id = ?"
-                    " RETURNING seq, inbox",
+                    " RETURNING seq, inbox, head",
                     (owner, token, until, oid),
                 ).fetchone()
-                claims.append(Claim(oid, token, row[0], row[1]))
+                claims.append(Claim(oid, token, row[0], row[1], _blob(row[2]) or b""))
             return claims
 
         return await self._write(body)
@@ -301,11 +323,11 @@ class SQLiteStore(Store):
         rows = await self._read(
             "SELECT body, sig FROM entries WHERE object_id = ? AND seq > ? ORDER BY seq", (object_id, after)
         )
-        return [(bytes(b), bytes(s)) for b, s in rows]
+        return [(_blob(b) or b"", _blob(s) or b"") for b, s in rows]
 
     async def entry_hash(self, object_id: str, seq: int) -> bytes | None:
         rows = await self._read("SELECT hash FROM entries WHERE object_id = ? AND seq = ?", (object_id, seq))
-        return bytes(rows[0][0]) if rows else None
+        return _blob(rows[0][0]) if rows else None
 
     async def append(self, items: Sequence[AppendItem], *, now: int) -> list[int | None]:
         return await self._write(lambda conn: [_append_one(conn, item, now) for item in items])
@@ -315,14 +337,20 @@ class SQLiteStore(Store):
         await self._write(lambda conn: conn.execute(_RELEASE, args))
 
     async def quarantine(self, object_id: str, reason: str, *, now: int) -> None:
-        args = (reason[:2000], now, object_id)
-        await self._write(
-            lambda conn: conn.execute(
+        def body(conn: sqlite3.Connection) -> None:
+            conn.execute(
                 "UPDATE objects SET status = 'quarantined', reason = ?, due_at = NULL, lease_owner = NULL,"
                 " lease_token = NULL, lease_until = NULL, updated_at = ? WHERE id = ?",
-                args,
+                (reason[:2000], now, object_id),
             )
-        )
+            # A quarantined child counts as finished (see _WAKE_DUE): wake a parent waiting for it.
+            conn.execute(
+                "UPDATE objects SET due_at = ? WHERE id = (SELECT parent FROM objects WHERE id = ?)"
+                " AND status = 'dormant' AND wait_children = 1",
+                (now, object_id),
+            )
+
+        await self._write(body)
 
     async def signal(self, object_id: str, name: str, payload: Any, *, now: int) -> int:
         blob = packb(payload)
@@ -344,7 +372,7 @@ class SQLiteStore(Store):
         out = []
         for sid, name, payload in rows:
             try:
-                value = unpackb(bytes(payload))
+                value = unpackb(_blob(payload) or b"")
             except CodecError:
                 value = None  # written by peo itself; a corrupt payload is delivered as None
             out.append(Signal(name, value, sid))
