@@ -32,6 +32,7 @@ __all__ = [
     "decode_body",
     "encode_body",
     "packb",
+    "read_back",
     "structure",
     "unpackb",
     "unstructure",
@@ -109,41 +110,60 @@ def check_value(value: Any, limits: Limits = DEFAULT_LIMITS, *, what: str = "val
     A container's size is counted before its elements are looked at, and the summed length
     of its strings and bytes (a lower bound of its encoded size) is held to
     ``limits.max_bytes``, so an oversized value is refused before it is copied or encoded.
+    Scalars are checked where their container is scanned (exact types first): this runs on
+    every state update and every decoded record, so it is kept cheap.
     """
+    if not isinstance(value, dict | list | tuple):
+        if _scalar_size(value, what) > limits.max_bytes:
+            raise CodecError(f"{what} holds more than {limits.max_bytes} bytes of text and binary data")
+        return
     stack: list[tuple[Any, int]] = [(value, 0)]
     count = 1
     size = 0
+    max_depth, max_items, max_bytes = limits.depth, limits.items, limits.max_bytes
     while stack:
         item, depth = stack.pop()
-        if item is None or isinstance(item, bool | float):
-            continue
-        if isinstance(item, str | bytes):
-            size += len(item)
-            if size > limits.max_bytes:
-                raise CodecError(f"{what} holds more than {limits.max_bytes} bytes of text and binary data")
-            continue
-        if isinstance(item, int):
-            if not _INT_MIN <= item <= _INT_MAX:
-                raise CodecError(f"{what}: integer {item} is out of the 64-bit range")
-            continue
-        if isinstance(item, list | tuple | dict):
-            if depth >= limits.depth:
-                raise CodecError(f"{what} is nested deeper than {limits.depth} levels")
-            count += len(item)
-            if count > limits.items:
-                raise CodecError(f"{what} has more than {limits.items} elements")
-            if isinstance(item, dict):
-                for k, v in item.items():
-                    if not isinstance(k, str):
-                        raise CodecError(f"{what}: map keys must be strings, got {type(k).__name__}")
-                    size += len(k)
-                    stack.append((v, depth + 1))
-                if size > limits.max_bytes:
-                    raise CodecError(f"{what} holds more than {limits.max_bytes} bytes of text and binary data")
+        if depth >= max_depth:
+            raise CodecError(f"{what} is nested deeper than {max_depth} levels")
+        count += len(item)
+        if count > max_items:
+            raise CodecError(f"{what} has more than {max_items} elements")
+        if isinstance(item, dict):
+            for k in item:
+                if type(k) is not str and not isinstance(k, str):
+                    raise CodecError(f"{what}: map keys must be strings, got {type(k).__name__}")
+                size += len(k)
+            values: Any = item.values()
+        else:
+            values = item
+        for x in values:
+            tx = type(x)
+            if tx is str or tx is bytes:
+                size += len(x)
+            elif tx is int:
+                if not _INT_MIN <= x <= _INT_MAX:
+                    raise CodecError(f"{what}: integer {x} is out of the 64-bit range")
+            elif x is None or tx is float or tx is bool:
+                pass
+            elif tx is dict or tx is list or isinstance(x, dict | list | tuple):
+                stack.append((x, depth + 1))
             else:
-                stack.extend((x, depth + 1) for x in item)
-            continue
-        raise CodecError(f"{what}: values of type {type(item).__name__} cannot be stored")
+                size += _scalar_size(x, what)
+        if size > max_bytes:
+            raise CodecError(f"{what} holds more than {max_bytes} bytes of text and binary data")
+
+
+def _scalar_size(x: Any, what: str) -> int:
+    """Check one non-container value (subclasses included); return its text/binary length."""
+    if x is None or isinstance(x, bool | float):
+        return 0
+    if isinstance(x, str | bytes):
+        return len(x)
+    if isinstance(x, int):
+        if not _INT_MIN <= x <= _INT_MAX:
+            raise CodecError(f"{what}: integer {x} is out of the 64-bit range")
+        return 0
+    raise CodecError(f"{what}: values of type {type(x).__name__} cannot be stored")
 
 
 def check_name(name: object, what: str = "name") -> str:
@@ -235,6 +255,18 @@ def encode_body(
             "signer": signer,
         }
     )
+
+
+def read_back(body: bytes) -> Any:
+    """The outcome of a body this process just encoded, exactly as any reader will decode it
+    (tuples become lists, nothing aliases the caller's objects). The bytes are our own, so
+    the limits of :func:`unpackb` are not re-checked: that keeps it off the per-step cost."""
+    try:
+        return msgpack.unpackb(body, raw=False, strict_map_key=True, ext_hook=_refuse_ext)["outcome"]
+    except CodecError:
+        raise
+    except Exception as exc:
+        raise CodecError(f"an entry could not be read back: {type(exc).__name__}: {exc}") from None
 
 
 def decode_body(body: bytes, signature: bytes, digest: bytes, limits: Limits = DEFAULT_LIMITS) -> Entry:

@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from .codec import DEFAULT_LIMITS, Limits, decode_body, encode_body, structure, unstructure
+from .codec import DEFAULT_LIMITS, Limits, decode_body, encode_body, read_back, structure, unstructure
 from .crypto import Keyring, SigningKey
 from .errors import CodecError, IntegrityError
 from .model import Action, Constraints, Context, Entry, Intent, Signal, Status
@@ -39,7 +39,13 @@ def make_entry(
     outcome: dict[str, Any],
     trace_id: str,
 ) -> Entry:
-    """Encode, sign and hash one entry."""
+    """Encode, sign and hash one entry.
+
+    The returned entry is decoded from the signed bytes, so its ``outcome`` is exactly what
+    any later reader of the stored memory sees (tuples become lists, nothing aliases the
+    caller's objects), and an outcome that could not be read back is refused here with
+    CodecError instead of being written.
+    """
     body = encode_body(
         seq=seq,
         trace_id=trace_id,
@@ -58,7 +64,7 @@ def make_entry(
         origin_node=origin_node,
         policy_ref=policy_ref,
         action=action,
-        outcome=outcome,
+        outcome=read_back(body),
         prev=prev,
         signer=key.key_id,
         signature=key.sign(body),
