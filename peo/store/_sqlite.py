@@ -127,6 +127,7 @@ class SQLiteStore(Store):
         self.url = url
         self.path, self.durability = parse_sqlite_url(url)
         self._db: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()  # one transaction at a time on our connection
 
     # -- plumbing ---------------------------------------------------------------------
@@ -151,14 +152,16 @@ class SQLiteStore(Store):
             raise StoreError("the store is not open", retryable=False)
         return self._db
 
-    async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _call(self, fn: Callable[[sqlite3.Connection], T], *, reader: bool = False) -> T:
         """Run ``fn(connection)`` on aiosqlite's connection thread.
 
         A whole transaction is one sync function, so it costs one hop to the connection
         thread instead of one per statement: on the per-step path that is most of the
         store's overhead. (``_execute``/``_conn`` are aiosqlite's own queueing primitives.)
+        Reads go to a second connection: in WAL mode they then never queue behind a
+        writer's fsync (a claimed object's memory loads while other appends commit).
         """
-        db = self.db
+        db = self._reader if reader and self._reader is not None else self.db
         run = cast(Callable[[Callable[[], T]], Awaitable[T]], db._execute)
         return await self._guard(lambda: run(lambda: fn(db._conn)))
 
@@ -170,9 +173,14 @@ class SQLiteStore(Store):
         async def go() -> None:
             self._db = await aiosqlite.connect(self.path, isolation_level=None)
 
+        async def go_reader() -> None:
+            self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+
         try:
             await self._guard(go)
             await self._call(self._setup)
+            await self._guard(go_reader)
+            await self._call(lambda conn: conn.execute("PRAGMA busy_timeout = 10000"), reader=True)
         except BaseException:
             await self.aclose()
             raise
@@ -212,12 +220,13 @@ class SQLiteStore(Store):
             raise
 
     async def aclose(self) -> None:
-        db, self._db = self._db, None
-        if db is not None:
-            try:
-                await db.close()
-            except Exception:  # closing a broken connection: nothing more to save
-                pass
+        for db in (self._reader, self._db):
+            if db is not None:
+                try:
+                    await db.close()
+                except Exception:  # closing a broken connection: nothing more to save
+                    pass
+        self._db = self._reader = None
 
     async def _write(self, body: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``body`` inside BEGIN IMMEDIATE ... COMMIT (ROLLBACK on any error)."""
@@ -244,7 +253,7 @@ class SQLiteStore(Store):
             return await self._call(txn)
 
     async def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
-        return await self._call(lambda conn: conn.execute(sql, args).fetchall())
+        return await self._call(lambda conn: conn.execute(sql, args).fetchall(), reader=True)
 
     # -- the contract -------------------------------------------------------------------
 
