@@ -96,6 +96,7 @@ class Node:
         self.clock = clock
         self.idle_horizon_ns = int(idle_horizon * 1e9)
         self._held: dict[str, _Held] = {}
+        self._workers: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
         self._pending: list[tuple[AppendItem, asyncio.Future[int | None]]] = []
@@ -130,6 +131,11 @@ class Node:
                 renewer = tg.create_task(self._renew_loop())
                 try:
                     await self._claim_loop(tg, until_idle=until_idle)
+                    self._stopping.set()
+                    # Keep renewing while the steps in flight finish: a lease must not
+                    # lapse during a graceful stop.
+                    if self._workers:
+                        await asyncio.wait(set(self._workers))
                 finally:
                     self._stopping.set()
                     renewer.cancel()
@@ -159,7 +165,9 @@ class Node:
             for claim in claims:
                 self._held[claim.id] = _Held(claim, claim.token)
                 self.stats["claims"] += 1
-                tg.create_task(self._work(claim))
+                worker = tg.create_task(self._work(claim))
+                self._workers.add(worker)
+                worker.add_done_callback(self._workers.discard)
             if claims:
                 idle_checks = 0
                 continue
@@ -254,7 +262,12 @@ class Node:
         refusal = self.policy.accepts(fold.intent, fold.context)
         if refusal is not None:
             log.info("object_refused id=%s reason=%s", oid, refusal)
-            return  # released in _work's finally, for a node whose policy accepts it
+            # Put it back for a node whose policy accepts it; not due at once, or this node
+            # would claim it again straight away.
+            later = self.clock() + 10 * self.lease_ns
+            await self.store.release(oid, held.token, due_at=later, now=self.clock())
+            held.released = True
+            return
         inbox = claim.inbox
         while True:
             if held.lost:

@@ -173,7 +173,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def release(self, object_id: str, token: int, *, due_at: int | None, now: int) -> None:
-        """Drop our lease without appending. A dormant object waiting for a signal that
+        """Drop our lease without appending; a runnable object becomes due at ``due_at``
+        (None keeps its due time). A dormant object waiting for a signal that
         is already in its inbox, or for children that have all finished, is made due now
         instead (no wake-up is lost)."""
 

@@ -185,6 +185,7 @@ _APPEND_HEAD = """
 _RELEASE = """
     UPDATE objects SET
       due_at = CASE
+        WHEN status = 'runnable' THEN coalesce($4::bigint, due_at)
         WHEN status <> 'dormant' THEN due_at
         WHEN EXISTS (SELECT 1 FROM inbox i WHERE i.object_id = $1
                      AND (i.name = objects.wait_signal OR i.name = 'peo.cancel')) THEN $3::bigint

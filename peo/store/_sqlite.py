@@ -508,6 +508,7 @@ _APPEND_HEAD = f"""
 _RELEASE = """
     UPDATE objects SET
       due_at = CASE
+        WHEN status = 'runnable' THEN coalesce(:due, due_at)
         WHEN status != 'dormant' THEN due_at
         WHEN EXISTS (SELECT 1 FROM inbox i WHERE i.object_id = :id
                      AND (i.name = objects.wait_signal OR i.name = 'peo.cancel')) THEN :now

@@ -389,3 +389,14 @@ async def test_with_an_injected_clock_a_sleeper_wakes_exactly_when_due(sqlite_ur
         assert info.result == "awake"
         until = info.memory[1].outcome["wake"]["until"]
         assert info.memory[2].action is Action.REENTRY and info.memory[2].timestamp >= until
+
+
+async def test_a_node_leaves_alone_what_its_policy_does_not_accept(sqlite_url: str) -> None:
+    only_alice = peo.Policy(accept_identities=frozenset({"alice"}))
+    async with peo.Client(sqlite_url, identity="bob") as client:
+        oid = await client.submit("count", goal={"steps": 1})
+        node = await run_idle(sqlite_url, counting_app(), policy=only_alice)
+        row = await client.store.get(oid)
+        assert row.seq == 0 and row.lease_owner is None  # nothing appended, lease given back
+        assert row.due_at is not None and row.due_at > time.time_ns()  # not re-claimed in a spin
+        assert node.stats["steps"] == 0
