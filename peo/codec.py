@@ -262,11 +262,17 @@ def read_back(body: bytes) -> Any:
     (tuples become lists, nothing aliases the caller's objects). The bytes are our own, so
     the limits of :func:`unpackb` are not re-checked: that keeps it off the per-step cost."""
     try:
-        return msgpack.unpackb(body, raw=False, strict_map_key=True, ext_hook=_refuse_ext)["outcome"]
+        raw = msgpack.unpackb(body, raw=False, strict_map_key=True, ext_hook=_refuse_ext)
     except CodecError:
         raise
     except Exception as exc:
         raise CodecError(f"an entry could not be read back: {type(exc).__name__}: {exc}") from None
+    # The same whole-record check a verifier makes (cheap: ~2 us for a typical entry), so
+    # nothing is signed that verification would later refuse.
+    if len(body) > DEFAULT_LIMITS.max_bytes:
+        raise CodecError(f"entry of {len(body)} bytes exceeds the limit of {DEFAULT_LIMITS.max_bytes}")
+    check_value(raw, what="entry")
+    return raw["outcome"]
 
 
 def decode_body(body: bytes, signature: bytes, digest: bytes, limits: Limits = DEFAULT_LIMITS) -> Entry:
@@ -283,7 +289,14 @@ def decode_body(body: bytes, signature: bytes, digest: bytes, limits: Limits = D
         upcast = UPCASTERS.get(version)
         if upcast is None:
             raise CodecError(f"no upcaster from entry format version {version}")
-        raw = upcast(raw)
+        try:
+            raw = upcast(raw)
+        except CodecError:
+            raise
+        except Exception as exc:  # an old body the upcaster cannot read is a codec failure
+            raise CodecError(f"cannot upcast an entry from version {version}: {type(exc).__name__}: {exc}") from None
+        if not isinstance(raw, dict):
+            raise CodecError(f"the upcaster from version {version} did not return a map")
         version += 1
         raw["v"] = version
     if set(raw) != set(_BODY_KEYS):

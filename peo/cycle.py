@@ -44,8 +44,8 @@ from typing import Any, Final
 
 import attrs
 
-from .codec import Limits, check_name, check_value, packb, unstructure
-from .errors import CodecError
+from .codec import DEFAULT_LIMITS, Limits, check_name, check_value, packb, structure, unstructure
+from .errors import CodecError, UsageError
 from .memory import Fold
 from .model import (
     CANCEL_SIGNAL,
@@ -141,7 +141,7 @@ def plan(
 ) -> Decision | Release | _RunHandler:
     """Choose what happens next for ``fold`` at time ``now`` (pure)."""
     if fold.status not in (Status.RUNNABLE, Status.DORMANT):
-        raise CodecError(f"object {fold.object_id} is {fold.status} and can never act again")
+        raise UsageError(f"object {fold.object_id} is {fold.status} and can never act again")
     cancel = [s for s in signals if s.name == CANCEL_SIGNAL]
     if cancel:
         return _terminate("cancelled", consumed=cancel)
@@ -172,9 +172,12 @@ def _reentry(trigger: str, signals: Sequence[Signal]) -> Decision:
     return Decision(Action.REENTRY, outcome, Status.RUNNABLE, due_at=0, consumed=tuple(s.id for s in signals))
 
 
-def _payload_problem(value: Any, policy: Policy, what: str) -> str | None:
+def _payload_problem(value: Any, policy: Policy, what: str, nesting: int) -> str | None:
+    """Why ``value`` may not be recorded, if so. ``nesting`` is how deep it sits in the entry
+    body (state: body, outcome, state = 2): verification limits the depth of the whole body,
+    so a value that is fine on its own could otherwise make the object's own entry unreadable."""
     try:
-        check_value(value, Limits(max_bytes=policy.max_payload_bytes), what=what)
+        check_value(value, Limits(max_bytes=policy.max_payload_bytes, depth=DEFAULT_LIMITS.depth - nesting), what=what)
         size = len(packb(value))
     except CodecError as exc:
         return str(exc)
@@ -208,6 +211,9 @@ def conclude(
                state: dict[str, Any] | None = None) -> Decision:
         error = {"class": error_class, "message": message[:2000], "retryable": retryable}
         extra = {**base, "status": "failed", "error": error}
+        if status == "refused" or status == "invalid":
+            # A refused proposal is not carried out, and that includes its state update.
+            extra.pop("state", None)
         if state:
             extra["state"] = state
         failures = fold.consecutive_failures + 1
@@ -242,7 +248,7 @@ def conclude(
     if state is not None:
         if not isinstance(state, dict):
             return failed("invalid", "state must be a dict of updates", retryable=True, status="invalid")
-        problem = _payload_problem(state, policy, "state")
+        problem = _payload_problem(state, policy, "state", 2)
         if problem:
             return failed("invalid", problem, retryable=True, status="invalid")
         if state:
@@ -252,7 +258,7 @@ def conclude(
         return Decision(Action.EXECUTE, {**base, "status": "ok"}, Status.RUNNABLE, due_at=0, consumed=consumed)
 
     if isinstance(proposal, Done):
-        problem = _payload_problem(proposal.result, policy, "result")
+        problem = _payload_problem(proposal.result, policy, "result", 2)
         if problem:
             return failed("invalid", problem, retryable=True, status="invalid")
         return attrs.evolve(_terminate("done", **base, result=proposal.result), consumed=consumed)
@@ -260,9 +266,10 @@ def conclude(
     if isinstance(proposal, Sleep):
         if (proposal.seconds is None) == (proposal.until is None):
             return refuse("Sleep", "give exactly one of seconds= or until=")
-        secs = proposal.seconds if proposal.seconds is not None else (proposal.until or 0) - now / _SECOND
-        if not isinstance(secs, int | float) or not math.isfinite(secs):
+        raw = proposal.seconds if proposal.seconds is not None else proposal.until
+        if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
             return refuse("Sleep", "the duration must be a finite number")
+        secs = raw if proposal.seconds is not None else raw - now / _SECOND
         if secs > policy.max_sleep_seconds:
             return refuse("Sleep", f"{secs:g} s is longer than the {policy.max_sleep_seconds:g} s allowed")
         until = now + max(0, int(secs * _SECOND))
@@ -295,7 +302,10 @@ def conclude(
                         wait_signal=proposal.name, consumed=tuple(s.id for s in kept if s.id))
 
     if isinstance(proposal, Delegate):
-        intents = list(proposal.children)
+        try:
+            intents = list(proposal.children)
+        except TypeError:
+            return refuse("Delegate", "children must be a sequence of peo.Intent values")
         if not intents:
             return refuse("Delegate", "no children given")
         if len(intents) > policy.max_children:
@@ -314,7 +324,7 @@ def conclude(
                 return refuse("Delegate", f"children may not use handler {intent.handler!r}")
             if intent.handler in fold.cannot_do:
                 return refuse("Delegate", f"{intent.handler!r} is recorded as something this object cannot do")
-            problem = _payload_problem(intent.goal, policy, "child goal")
+            problem = _payload_problem(intent.goal, policy, "child goal", 5) or _record_problem(intent, Intent)
             if problem:
                 return refuse("Delegate", problem)
             ctx = attrs.evolve(fold.context, parent=fold.object_id)
@@ -329,13 +339,18 @@ def conclude(
         old: dict[str, Any] = {}
         new: dict[str, Any] = {}
         if proposal.goal is not None:
-            problem = _payload_problem(proposal.goal, policy, "goal")
+            if not isinstance(proposal.goal, dict):
+                return refuse("Refine", "the goal must be a dict")
+            problem = _payload_problem(proposal.goal, policy, "goal", 3)
             if problem:
                 return refuse("Refine", problem)
             old["goal"], new["goal"] = fold.intent.goal, proposal.goal
         if proposal.constraints is not None:
             if not isinstance(proposal.constraints, Constraints):
                 return refuse("Refine", "constraints must be a peo.Constraints value")
+            problem = _record_problem(proposal.constraints, Constraints)
+            if problem:
+                return refuse("Refine", problem)
             relaxed = _relaxes(fold.intent.constraints, proposal.constraints)
             if relaxed and not policy.refine_may_relax:
                 return refuse("Refine", f"it relaxes {relaxed}")
@@ -355,12 +370,31 @@ def conclude(
     capability = str(proposal.capability)[:200]
     outcome = {**base, "status": "cannot_do", "capability": capability, "reason": str(proposal.reason)[:2000]}
     known = fold.cannot_do | {capability}
+    # A terminate entry's "reason" says why the object ended; the handler's own reason for
+    # the CannotDo moves to "cannot_do_reason" there.
+    ending = {k: v for k, v in outcome.items() if k != "reason"}
+    ending["cannot_do_reason"] = outcome["reason"]
     if capability == fold.intent.handler:
-        return attrs.evolve(_terminate("cannot do its own handler", **outcome), consumed=consumed)
+        return attrs.evolve(_terminate("cannot do its own handler", **ending), consumed=consumed)
     if len(known) > policy.max_cannot_do:
-        return attrs.evolve(_terminate("too many cannot-do constraints (policy cut-off)", **outcome),
+        return attrs.evolve(_terminate("too many cannot-do constraints (policy cut-off)", **ending),
                             consumed=consumed)
     return Decision(Action.EXECUTE, outcome, Status.RUNNABLE, due_at=0, consumed=consumed)
+
+
+def _record_problem(value: Any, cls: type) -> str | None:
+    """Why ``value`` would not read back from memory as a ``cls`` (e.g. a float deadline), if so.
+
+    Every later fold of the chain structures what is recorded here; a value that cannot be
+    structured would make the object's own memory unreadable.
+    """
+    try:
+        data = unstructure(value)
+        check_value(data)
+        structure(data, cls)
+    except CodecError as exc:
+        return str(exc)
+    return None
 
 
 def _relaxes(old: Constraints, new: Constraints) -> str | None:

@@ -41,6 +41,12 @@ def _number(value: Any, where: str, *, integer: bool = False, minimum: float = 0
     return value
 
 
+def _pacing(value: float | None, default: float) -> float:
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return default
+    return min(max(float(value), 0.0), _MAX_NUMBER)
+
+
 def _match(allowed: frozenset[str], name: str) -> bool:
     return "*" in allowed or name in allowed
 
@@ -103,6 +109,10 @@ class Policy:
         retry = section("retry", ("base_seconds", "max_seconds"))
         refine = section("refine", ("may_relax",))
         d = cls()
+
+        def num(sec: dict[str, Any], sec_name: str, key: str, default: float, **kw: Any) -> Any:
+            return _number(sec.get(key, default), f"{source}: [{sec_name}] {key}", **kw)
+
         keys = trust.get("keys", {})
         if not isinstance(keys, dict):
             raise PolicyError(f"{source}: [trust] keys must be a table of hex key = [scopes]")
@@ -119,22 +129,16 @@ class Policy:
             accept_handlers=_names(accept.get("handlers", ["*"]), f"{source}: [accept] handlers"),
             trust_local_keys=local,
             trusted_keys=trusted,
-            max_payload_bytes=_number(
-                limits.get("max_payload_bytes", d.max_payload_bytes), "max_payload_bytes", integer=True, minimum=1
-            ),
-            max_children=_number(limits.get("max_children", d.max_children), "max_children", integer=True),
+            max_payload_bytes=num(limits, "limits", "max_payload_bytes", d.max_payload_bytes, integer=True, minimum=1),
+            max_children=num(limits, "limits", "max_children", d.max_children, integer=True),
             child_handlers=_names(limits.get("child_handlers", ["*"]), f"{source}: [limits] child_handlers"),
-            max_sleep_seconds=float(_number(limits.get("max_sleep_seconds", d.max_sleep_seconds), "max_sleep_seconds")),
-            handler_timeout=float(
-                _number(limits.get("handler_timeout", d.handler_timeout), "handler_timeout", minimum=0.001)
-            ),
-            max_failures=_number(
-                thresholds.get("max_failures", d.max_failures), "max_failures", integer=True, minimum=1
-            ),
-            max_steps=_number(thresholds.get("max_steps", d.max_steps), "max_steps", integer=True, minimum=1),
-            max_cannot_do=_number(thresholds.get("max_cannot_do", d.max_cannot_do), "max_cannot_do", integer=True),
-            retry_base=float(_number(retry.get("base_seconds", d.retry_base), "base_seconds")),
-            retry_max=float(_number(retry.get("max_seconds", d.retry_max), "max_seconds")),
+            max_sleep_seconds=float(num(limits, "limits", "max_sleep_seconds", d.max_sleep_seconds)),
+            handler_timeout=float(num(limits, "limits", "handler_timeout", d.handler_timeout, minimum=0.001)),
+            max_failures=num(thresholds, "thresholds", "max_failures", d.max_failures, integer=True, minimum=1),
+            max_steps=num(thresholds, "thresholds", "max_steps", d.max_steps, integer=True, minimum=1),
+            max_cannot_do=num(thresholds, "thresholds", "max_cannot_do", d.max_cannot_do, integer=True),
+            retry_base=float(num(retry, "retry", "base_seconds", d.retry_base)),
+            retry_max=float(num(retry, "retry", "max_seconds", d.retry_max)),
             refine_may_relax=relax,
         )
         return policy
@@ -178,8 +182,10 @@ class Policy:
     def backoff_ns(self, failures: int, error_class: str | None, latency_ns: int, base: float | None,
                    cap: float | None, jitter_seed: bytes) -> int:
         """Semantic backoff: the delay before retry number ``failures`` (1-based)."""
-        base_s = self.retry_base if base is None else base
-        cap_s = self.retry_max if cap is None else cap
+        # base and cap may come from an object's constraints, which no policy bounded: keep
+        # them finite and within the policy's number range so the delay is a valid int64.
+        base_s = _pacing(base, self.retry_base)
+        cap_s = _pacing(cap, self.retry_max)
         delay = base_s * 2.0 ** min(max(failures - 1, 0), 40)
         if error_class == "rate_limit":
             delay *= 4

@@ -290,7 +290,14 @@ class Node:
                 decision = decided
             if held.lost:
                 raise LeaseLostError(f"lease on {oid} lost")
-            entry, result = await self._append(oid, held, fold, decision)
+            try:
+                entry, result = await self._append(oid, held, fold, decision)
+            except CodecError as exc:
+                # The proposal passed the policy but its entry as a whole would break the
+                # record limits (e.g. a state and a result each just under the limit):
+                # record a failed step instead, which is small.
+                decision = conclude(fold, self.policy, exc, now=self.clock(), latency_ns=0, signals=signals)
+                entry, result = await self._append(oid, held, fold, decision)
             if result is None:
                 self.stats["conflicts"] += 1
                 held.released = True

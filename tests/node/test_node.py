@@ -400,3 +400,23 @@ async def test_a_node_leaves_alone_what_its_policy_does_not_accept(sqlite_url: s
         assert row.seq == 0 and row.lease_owner is None  # nothing appended, lease given back
         assert row.due_at is not None and row.due_at > time.time_ns()  # not re-claimed in a spin
         assert node.stats["steps"] == 0
+
+
+async def test_a_step_whose_entry_would_be_too_big_is_recorded_as_failed(sqlite_url: str) -> None:
+    app = peo.App()
+
+    @app.handler("bulky")
+    def bulky(step: peo.Step) -> peo.Proposal:
+        if step.attempt == 1:  # each part is within the policy, the entry as a whole is not
+            return peo.Done("r" * 700_000, state={"s": "s" * 700_000})
+        return peo.Done("small")
+
+    policy = peo.Policy(max_payload_bytes=800_000, retry_base=0.01)
+    async with peo.Client(sqlite_url) as client:
+        oid = await client.submit("bulky")
+        await run_idle(sqlite_url, app, policy=policy)
+        assert await client.wait(oid, timeout=5) == "small"
+        first = (await client.get(oid)).memory[1]
+        assert first.outcome["status"] == "failed" and "exceeds" in first.outcome["error"]["message"]
+        assert first.action is Action.DORMANCY  # a retryable failure backs off, then retries
+        assert await client.verify(oid) == 4
