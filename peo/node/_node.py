@@ -126,7 +126,7 @@ class Node:
             await self.store.open()
         self._pool = concurrent.futures.ThreadPoolExecutor(self.concurrency, thread_name_prefix="peo-handler")
         try:
-            await self.store.drop_leases(self.node_id)  # ours from a previous run: reclaim now
+            await self._drop_own_leases()
             async with asyncio.TaskGroup() as tg:
                 renewer = tg.create_task(self._renew_loop())
                 try:
@@ -143,6 +143,18 @@ class Node:
             self._pool.shutdown(wait=False, cancel_futures=True)
             if self._owns_store:
                 await self.store.aclose()
+
+    async def _drop_own_leases(self) -> None:
+        """Leases still held under our node id are from a previous run of this node (it
+        crashed): drop them so their objects resume at once instead of after the TTL.
+        Only an optimisation: if the store fails here, the leases simply expire."""
+        for attempt in range(3):
+            try:
+                await self.store.drop_leases(self.node_id)
+                return
+            except StoreError as exc:
+                log.warning("drop_leases_failed attempt=%d error=%s", attempt + 1, exc)
+                await asyncio.sleep(0.05 * 2**attempt)
 
     async def _claim_loop(self, tg: asyncio.TaskGroup, *, until_idle: bool) -> None:
         handlers = sorted(h for h in self.app.handlers if self.policy.accepts_handler(h))

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 import peo
 from peo._local import keyring_for
 from peo.codec import Limits, check_value, packb, unpackb
-from peo.errors import CodecError, IntegrityError, PeoError, PolicyError, UsageError
+from peo.errors import CodecError, IntegrityError, PolicyError, UsageError
 from peo.memory import verify_chain
 from peo.model import Step
 
