@@ -40,6 +40,12 @@ __all__ = ["Node"]
 log = logging.getLogger("peo.node")
 
 
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark a helper task's outcome as seen (no 'exception was never retrieved' noise)."""
+    if not task.cancelled():
+        task.exception()
+
+
 @attrs.define
 class _Held:
     claim: Claim
@@ -209,11 +215,11 @@ class Node:
         try:
             await asyncio.wait({waiter, woken}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            # Cancel the helpers without awaiting them: awaiting here could swallow a
+            # cancellation of *this* task (e.g. a second SIGTERM) and the node would not stop.
             for t in (waiter, woken):
                 t.cancel()
-            for t in (waiter, woken):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
+                t.add_done_callback(_retrieve)
 
     async def _renew_loop(self) -> None:
         while True:
