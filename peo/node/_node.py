@@ -24,12 +24,12 @@ import attrs
 from .. import faults
 from .._local import keyring_for, load_key
 from ..app import App
-from ..codec import packb
+from ..codec import packb, unpackb
 from ..crypto import Keyring, SigningKey
-from ..cycle import RUN_HANDLER, Decision, Release, conclude, plan
+from ..cycle import RUN_HANDLER, Child, Decision, Release, conclude, plan
 from ..errors import CodecError, IntegrityError, LeaseLostError, StoreError, UsageError
 from ..ids import new_id
-from ..memory import Fold, make_entry, verify_chain
+from ..memory import Fold, genesis, instantiation_outcome, make_entry, verify_chain
 from ..model import Action, Delegate, Entry, Signal, Status, Step
 from ..policy import Policy
 from ..store import AppendItem, NewObject, Store, make_store
@@ -338,8 +338,6 @@ class Node:
         if fold.children:
             for row in await self.store.list(parent=fold.object_id):
                 if row.status == "terminated" and row.result is not None:
-                    from ..codec import unpackb
-
                     try:
                         children[row.id] = unpackb(row.result)
                     except CodecError:
@@ -398,9 +396,7 @@ class Node:
         )
         return entry, await self._commit(item)
 
-    def _child(self, child: Any, now: int) -> NewObject:
-        from ..memory import genesis, instantiation_outcome
-
+    def _child(self, child: Child, now: int) -> NewObject:
         entry0 = make_entry(
             self.key, seq=0, prev=genesis(child.id), timestamp=now, origin_node=self.node_id,
             policy_ref=self.policy.ref, action=Action.INSTANTIATE,
