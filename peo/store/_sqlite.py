@@ -287,17 +287,26 @@ class SQLiteStore(Store):
         until = now + lease_ns
         sql = f"SELECT id FROM objects WHERE {' AND '.join(where)} ORDER BY priority DESC, due_at LIMIT ?"
 
+        # Look for candidates on the reader first: an idle node polls often, and an empty
+        # write transaction would still queue behind every group commit on the writer.
+        candidates = [r[0] for r in await self._read(sql, [*args, limit])]
+        if not candidates:
+            return []
+
         def body(conn: sqlite3.Connection) -> list[Claim]:
-            ids = [r[0] for r in conn.execute(sql, [*args, limit]).fetchall()]
+            # The writer lock is held now: take each candidate only if it is still due and
+            # unleased (another node may have claimed it since the read).
             claims = []
-            for oid in ids:
+            for oid in candidates:
                 token = secrets.randbits(62)
                 row = conn.execute(
-                    "UPDATE objects SET lease_owner = ?, lease_token = ?, lease_until = ? WHERE id = ?"
-                    " RETURNING seq, inbox, head",
-                    (owner, token, until, oid),
+                    "UPDATE objects SET lease_owner = ?, lease_token = ?, lease_until = ?"
+                    " WHERE id = ? AND due_at <= ? AND (lease_until IS NULL OR lease_until < ?)"
+                    " AND status IN ('runnable', 'dormant') RETURNING seq, inbox, head",
+                    (owner, token, until, oid, now, now),
                 ).fetchone()
-                claims.append(Claim(oid, token, row[0], row[1], _blob(row[2]) or b""))
+                if row is not None:
+                    claims.append(Claim(oid, token, row[0], row[1], _blob(row[2]) or b""))
             return claims
 
         return await self._write(body)
