@@ -77,6 +77,10 @@ _MIGRATIONS: list[str] = [
     );
     CREATE INDEX inbox_object ON inbox (object_id, id);
     """,
+    # 2: leases are looked up by expiry (is anything leased right now?) without a scan.
+    """
+    CREATE INDEX objects_lease ON objects (lease_until) WHERE lease_until IS NOT NULL;
+    """,
 ]
 
 _COLUMNS = (
@@ -272,7 +276,7 @@ class SQLiteStore(Store):
         scopes: Collection[str] | None,
         exclude: Collection[str] = (),
     ) -> list[Claim]:
-        if limit <= 0 or not handlers:
+        if limit <= 0 or not handlers or (scopes is not None and not scopes):
             return []
         where = ["due_at <= ?", "(lease_until IS NULL OR lease_until < ?)", "status IN ('runnable', 'dormant')"]
         args: list[Any] = [now, now]
@@ -285,7 +289,13 @@ class SQLiteStore(Store):
             where.append(f"id NOT IN ({','.join('?' * len(exclude))})")
             args.extend(exclude)
         until = now + lease_ns
-        sql = f"SELECT id FROM objects WHERE {' AND '.join(where)} ORDER BY priority DESC, due_at LIMIT ?"
+        # INDEXED BY: without statistics SQLite may pick the status index and walk every
+        # dormant object; the due index holds only what is claimable, so claiming stays
+        # independent of how many objects sleep or have finished.
+        sql = (
+            f"SELECT id FROM objects INDEXED BY objects_due WHERE {' AND '.join(where)}"
+            " ORDER BY priority DESC, due_at LIMIT ?"
+        )
 
         # Look for candidates on the reader first: an idle node polls often, and an empty
         # write transaction would still queue behind every group commit on the writer.
@@ -425,16 +435,25 @@ class SQLiteStore(Store):
         return [_row(r) for r in await self._read(sql, args)]
 
     async def busy(self, *, now: int) -> bool:
-        rows = await self._read(
-            "SELECT 1 FROM objects WHERE (due_at IS NOT NULL AND due_at <= ? AND status IN ('runnable', 'dormant'))"
-            " OR lease_until > ? LIMIT 1",
-            (now, now),
-        )
-        return bool(rows)
+        def body(conn: sqlite3.Connection) -> bool:
+            due = conn.execute(
+                "SELECT 1 FROM objects INDEXED BY objects_due WHERE due_at <= ?"
+                " AND status IN ('runnable', 'dormant') LIMIT 1",
+                (now,),
+            ).fetchone()
+            if due is not None:
+                return True
+            leased = conn.execute(
+                "SELECT 1 FROM objects INDEXED BY objects_lease WHERE lease_until > ? LIMIT 1", (now,)
+            ).fetchone()
+            return leased is not None
+
+        return await self._call(body, reader=True)
 
     async def next_due(self) -> int | None:
         rows = await self._read(
-            "SELECT min(due_at) FROM objects WHERE due_at IS NOT NULL AND status IN ('runnable', 'dormant')"
+            "SELECT due_at FROM objects INDEXED BY objects_due WHERE due_at IS NOT NULL"
+            " AND status IN ('runnable', 'dormant') ORDER BY due_at LIMIT 1"
         )
         return rows[0][0] if rows else None
 
