@@ -7,6 +7,7 @@ trusts (a :class:`Keyring`), and a key carried inside an object is never trusted
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Iterable, Mapping
@@ -78,17 +79,32 @@ class SigningKey:
 
     # -- key files ----------------------------------------------------------------------
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the secret key (mode 0600, created atomically) and ``<path>.pub`` beside it."""
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = True) -> None:
+        """Write the secret key (mode 0600) and ``<path>.pub`` beside it.
+
+        The secret appears at ``path`` in one atomic step, complete. With
+        ``overwrite=False`` that step fails with FileExistsError if a key is already there:
+        two processes creating the same key at once then agree on one key instead of the
+        second silently replacing the first (whose signatures would no longer verify).
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(f"{_SECRET_HEADER}\n{self.seed().hex()}\n")
-        os.replace(tmp, path)
+        try:
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                os.link(tmp, path)  # atomic, and refuses to replace an existing file
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         pub = path.with_name(path.name + ".pub")
-        pub.write_text(f"{_PUBLIC_HEADER}\n{self.public_key.hex()}\n")
+        pub_tmp = pub.with_name(pub.name + f".tmp{os.getpid()}")
+        pub_tmp.write_text(f"{_PUBLIC_HEADER}\n{self.public_key.hex()}\n")
+        os.replace(pub_tmp, pub)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SigningKey:
@@ -113,8 +129,8 @@ class SigningKey:
             return cls.load(path)
         key = cls.generate()
         try:
-            key.save(path)
-        except FileExistsError:  # another process created it at the same moment
+            key.save(path, overwrite=False)
+        except FileExistsError:  # another process created it at the same moment: use theirs
             return cls.load(path)
         except OSError as exc:
             raise UsageError(f"cannot create key file {path}: {exc.strerror or exc}") from None

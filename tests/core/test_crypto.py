@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from peo.crypto import _SMALL_ORDER, Keyring, SigningKey, is_valid_public_key, key_id_of
+from peo.crypto import _SMALL_ORDER, Keyring, SigningKey, is_valid_public_key, key_id_of, load_public_key
 from peo.errors import IntegrityError, UsageError
 
 from ._helpers import KEY, OTHER_KEY, SEED
@@ -177,3 +177,19 @@ def test_keys_listed_in_a_policy_are_trusted_for_their_scopes() -> None:
     ring.verify(KEY.key_id, "payments", b"m", KEY.sign(b"m"))
     with pytest.raises(UsageError, match="malformed public key"):
         ring.add_mapping({"not hex": ["x"]})
+
+
+def test_processes_creating_the_same_key_at_once_all_end_up_with_one_key(tmp_path: Path) -> None:
+    # Nodes started together on a fresh machine all create the default node key: none of
+    # them may sign with a key whose file another one then replaced.
+    import subprocess
+    import sys
+
+    code = "import sys; from peo.crypto import SigningKey; print(SigningKey.load_or_create(sys.argv[1]).key_id)"
+    path = tmp_path / "keys" / "node.key"
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+             for _ in range(8)]
+    ids = {p.communicate(timeout=60)[0].strip() for p in procs}
+    assert all(p.returncode == 0 for p in procs)
+    assert ids == {SigningKey.load(path).key_id}
+    assert key_id_of(load_public_key(str(path) + ".pub")) in ids
