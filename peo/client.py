@@ -21,7 +21,6 @@ from .memory import Fold, genesis, instantiation_outcome, make_entry, verify_cha
 from .model import CANCEL_SIGNAL, Action, Constraints, Context, Entry, Intent, ObjectInfo, Status
 from .policy import Policy
 from .store import NewObject, ObjectRow, Store, make_store
-from .store._sqlite import parse_sqlite_url
 
 __all__ = ["EXPORT_FORMAT", "Client"]
 
@@ -327,5 +326,3 @@ def _info(row: ObjectRow, entries: list[Entry]) -> ObjectInfo:
         result=result, reason=row.reason, memory=tuple(entries), state=state,
     )
 
-
-_ = parse_sqlite_url  # re-exported for the CLI's path checks
