@@ -37,6 +37,7 @@ the object; *terminate* ends the object and keeps its history.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
@@ -172,12 +173,17 @@ def _reentry(trigger: str, signals: Sequence[Signal]) -> Decision:
     return Decision(Action.REENTRY, outcome, Status.RUNNABLE, due_at=0, consumed=tuple(s.id for s in signals))
 
 
+@functools.lru_cache(maxsize=64)
+def _payload_limits(max_bytes: int, nesting: int) -> Limits:
+    return Limits(max_bytes=max_bytes, depth=DEFAULT_LIMITS.depth - nesting)
+
+
 def _payload_problem(value: Any, policy: Policy, what: str, nesting: int) -> str | None:
     """Why ``value`` may not be recorded, if so. ``nesting`` is how deep it sits in the entry
     body (state: body, outcome, state = 2): verification limits the depth of the whole body,
     so a value that is fine on its own could otherwise make the object's own entry unreadable."""
     try:
-        check_value(value, Limits(max_bytes=policy.max_payload_bytes, depth=DEFAULT_LIMITS.depth - nesting), what=what)
+        check_value(value, _payload_limits(policy.max_payload_bytes, nesting), what=what)
         size = len(packb(value))
     except CodecError as exc:
         return str(exc)

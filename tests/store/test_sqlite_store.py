@@ -1,0 +1,87 @@
+"""What only the SQLite store promises: schema upgrades in place, and writes that wait out
+another process's lock without blocking the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import pytest
+from test_contract import new_object
+
+import peo
+from peo.store import _sqlite, make_store
+
+app = peo.App()
+
+
+@app.handler("count")
+def count(step: peo.Step) -> peo.Proposal:
+    n = step.state.get("n", 0)
+    return peo.Done(n) if n >= 3 else peo.Continue(state={"n": n + 1})
+
+
+@app.handler("wait")
+def wait(step: peo.Step) -> peo.Proposal:
+    for s in step.signals:
+        if s.name == "go":
+            return peo.Done(s.payload)
+    return peo.WaitSignal("go")
+
+
+def table_sql(path: str, name: str) -> str:
+    with sqlite3.connect(path) as db:
+        return str(db.execute("SELECT sql FROM sqlite_master WHERE name = ?", (name,)).fetchone()[0])
+
+
+async def test_a_store_from_schema_version_2_is_upgraded_with_its_memories_intact(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = sqlite_url.removeprefix("sqlite:///")
+    with monkeypatch.context() as old:
+        old.setattr(_sqlite, "_MIGRATIONS", _sqlite._MIGRATIONS[:2])
+        async with peo.Client(sqlite_url) as client:
+            done = await client.submit("count")
+            waiting = await client.submit("wait")
+        await peo.Node(sqlite_url, app, node_id="old").run_until_idle()
+        async with peo.Client(sqlite_url) as client:
+            assert (await client.get(waiting)).status == "dormant"
+            await client.signal(waiting, "go", "upgraded")  # in the inbox across the upgrade
+    assert "WITHOUT ROWID" in table_sql(path, "entries")
+
+    async with peo.Client(sqlite_url) as client:
+        assert "WITHOUT ROWID" not in table_sql(path, "entries")
+        assert await client.verify(done) == 5  # instantiate, three steps, terminate
+        assert await client.wait(done, timeout=5) == 3
+        third = await client.submit("count")
+    await peo.Node(sqlite_url, app, node_id="new").run_until_idle()
+    async with peo.Client(sqlite_url) as client:
+        assert await client.wait(third, timeout=5) == 3
+        assert await client.wait(waiting, timeout=5) == "upgraded"
+        for oid in (done, waiting, third):
+            await client.verify(oid)  # raises if a chain does not verify
+    with sqlite3.connect(path) as db:
+        assert [r[0] for r in db.execute("SELECT version FROM peo_schema ORDER BY version")] == [1, 2, 3]
+        # Still one entry per (object, seq): the unique index replaced the primary key.
+        with pytest.raises(sqlite3.IntegrityError):
+            db.execute("INSERT INTO entries SELECT object_id, seq, body, sig, hash FROM entries LIMIT 1")
+
+
+async def test_a_write_waits_for_another_process_lock_while_the_loop_keeps_running(sqlite_url: str) -> None:
+    path = sqlite_url.removeprefix("sqlite:///")
+    async with make_store(sqlite_url) as store:
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+            obj = new_object()
+            write = asyncio.create_task(store.create([obj]))
+            ticks = 0
+            for _ in range(20):  # the loop is free while the write waits
+                await asyncio.sleep(0.005)
+                ticks += 1
+            assert not write.done() and ticks == 20
+            other.execute("COMMIT")
+            await write
+        finally:
+            other.close()
+        assert (await store.get(obj.id)).head == obj.entry.hash
