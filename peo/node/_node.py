@@ -39,6 +39,9 @@ __all__ = ["Node"]
 
 log = logging.getLogger("peo.node")
 
+# A batch of claims whose memories hold at most this many entries in all is loaded at once.
+_PREFETCH_ROWS = 4096
+
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
     """Mark a helper task's outcome as seen (no 'exception was never retrieved' noise)."""
@@ -166,9 +169,17 @@ class Node:
         handlers = sorted(h for h in self.app.handlers if self.policy.accepts_handler(h))
         scopes = self.policy.scope_filter()
         idle_checks = 0
+        # While a claim fills every free slot there is a backlog: then claim again only once
+        # half the slots are free. Claiming each slot as it frees up would cost one store
+        # query per object, and each query looks over the whole backlog.
+        backlog = False
         while not self._stopping.is_set():
             now = self.clock()
             room = self.concurrency - len(self._held)
+            if backlog and 0 < room < max(1, self.concurrency // 2):
+                self._wake.clear()
+                await self._wake.wait()  # set when a worker finishes, or by stop()
+                continue
             claims: list[Claim] = []
             if room > 0 and handlers:
                 try:
@@ -180,10 +191,16 @@ class Node:
                     log.warning("claim_failed error=%s", exc)
                     await asyncio.sleep(self.poll_interval)
                     continue
+                backlog = len(claims) == room
+            memories: dict[str, list[tuple[bytes, bytes]]] = {}
+            if claims and sum(c.seq + 1 for c in claims) <= _PREFETCH_ROWS:
+                # Short memories of a batch of claims are read in one query, not one each.
+                with contextlib.suppress(StoreError):  # then each worker reads its own
+                    memories = await self.store.entries_of([c.id for c in claims])
             for claim in claims:
                 self._held[claim.id] = _Held(claim, claim.token)
                 self.stats["claims"] += 1
-                worker = tg.create_task(self._work(claim))
+                worker = tg.create_task(self._work(claim, memories.get(claim.id)))
                 self._workers.add(worker)
                 worker.add_done_callback(self._workers.discard)
             if claims:
@@ -241,10 +258,10 @@ class Node:
 
     # -- one held object ----------------------------------------------------------------
 
-    async def _work(self, claim: Claim) -> None:
+    async def _work(self, claim: Claim, rows: list[tuple[bytes, bytes]] | None = None) -> None:
         held = self._held[claim.id]
         try:
-            await self._serve(claim, held)
+            await self._serve(claim, held, rows)
         except LeaseLostError:
             held.released = True  # not ours any more: nothing to release
         except StoreError as exc:
@@ -259,10 +276,11 @@ class Node:
             self._held.pop(claim.id, None)
             self._wake.set()
 
-    async def _serve(self, claim: Claim, held: _Held) -> None:
+    async def _serve(self, claim: Claim, held: _Held, rows: list[tuple[bytes, bytes]] | None) -> None:
         oid = claim.id
         try:
-            rows = await self.store.entries(oid)
+            if rows is None:
+                rows = await self.store.entries(oid)
             _, memory = verify_chain(oid, rows, self.keyring)
             if not memory or memory[-1].seq != claim.seq or memory[-1].hash != claim.head:
                 last = memory[-1].seq if memory else -1

@@ -157,6 +157,11 @@ class Store(abc.ABC):
     async def entries(self, object_id: str, after: int = -1) -> list[tuple[bytes, bytes]]:
         """The (body, signature) rows with seq > ``after``, in seq order."""
 
+    async def entries_of(self, object_ids: Sequence[str]) -> dict[str, list[tuple[bytes, bytes]]]:
+        """Every (body, signature) row of each object, in seq order: the memories of a
+        batch of claims read in one round trip (backends override this default)."""
+        return {oid: await self.entries(oid) for oid in object_ids}
+
     @abc.abstractmethod
     async def entry_hash(self, object_id: str, seq: int) -> bytes | None:
         """The stored hash of entry ``seq`` (to recognise our own write after an unknown

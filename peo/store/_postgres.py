@@ -470,6 +470,17 @@ class PostgresStore(Store):
         )
         return [(bytes(b), bytes(s)) for b, s in rows]
 
+    async def entries_of(self, object_ids: Sequence[str]) -> dict[str, list[tuple[bytes, bytes]]]:
+        out: dict[str, list[tuple[bytes, bytes]]] = {oid: [] for oid in object_ids}
+        if object_ids:
+            rows = await self._read(
+                "SELECT object_id, body, sig FROM entries WHERE object_id = ANY($1::text[]) ORDER BY object_id, seq",
+                list(out),
+            )
+            for oid, b, s in rows:
+                out[oid].append((bytes(b), bytes(s)))
+        return out
+
     async def entry_hash(self, object_id: str, seq: int) -> bytes | None:
         rows = await self._read("SELECT hash FROM entries WHERE object_id = $1 AND seq = $2", object_id, seq)
         return bytes(rows[0][0]) if rows else None

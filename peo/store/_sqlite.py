@@ -106,7 +106,19 @@ _MIGRATIONS: list[str] = [
     ALTER TABLE entries_v3 RENAME TO entries;
     CREATE UNIQUE INDEX entries_object_seq ON entries (object_id, seq);
     """,
+    # 4: claimable objects by priority, then due time: a claim reads the due objects of the
+    # highest priority level first and stops at its limit, instead of sorting every due
+    # object (10,000 woken at once made each claim sort 10,000 rows).
+    """
+    CREATE INDEX objects_claim ON objects (priority, due_at) WHERE due_at IS NOT NULL;
+    -- Rewritten on every change of status (twice per wake-up) and of little use with a
+    -- handful of distinct values: listing by status scans the table in id order instead.
+    DROP INDEX objects_status;
+    """,
 ]
+
+# A claim looks at most this many priority levels one by one; past that it sorts.
+_CLAIM_LEVELS = 8
 
 _COLUMNS = (
     "id, handler, scope, identity, priority, status, seq, head, due_at, lease_owner, lease_until,"
@@ -345,17 +357,32 @@ class SQLiteStore(Store):
             where.append(f"id NOT IN ({','.join('?' * len(exclude))})")
             args.extend(exclude)
         until = now + lease_ns
+        filters = " AND ".join(where)
         # INDEXED BY: without statistics SQLite may pick the status index and walk every
-        # dormant object; the due index holds only what is claimable, so claiming stays
-        # independent of how many objects sleep or have finished.
-        sql = (
-            f"SELECT id FROM objects INDEXED BY objects_due WHERE {' AND '.join(where)}"
-            " ORDER BY priority DESC, due_at LIMIT ?"
+        # dormant object. Both indexes hold only objects with a due time, and each query
+        # reads only rows already due, so claiming does not slow down as more objects sleep.
+        by_level = (
+            f"SELECT id FROM objects INDEXED BY objects_claim WHERE priority = ? AND {filters}"
+            " ORDER BY due_at LIMIT ?"
         )
+        sorted_all = (
+            f"SELECT id FROM objects INDEXED BY objects_due WHERE {filters} ORDER BY priority DESC, due_at LIMIT ?"
+        )
+        next_level = "SELECT max(priority) FROM objects INDEXED BY objects_claim WHERE due_at IS NOT NULL"
+
+        def find(conn: sqlite3.Connection) -> list[str]:
+            found: list[str] = []
+            level = conn.execute(next_level).fetchone()[0]
+            for _ in range(_CLAIM_LEVELS):
+                if level is None or len(found) >= limit:
+                    return found
+                found += [r[0] for r in conn.execute(by_level, [level, *args, limit - len(found)])]
+                level = conn.execute(next_level + " AND priority < ?", (level,)).fetchone()[0]
+            return [r[0] for r in conn.execute(sorted_all, [*args, limit])]
 
         # Look for candidates on the reader first: an idle node polls often, and an empty
         # write transaction would still queue behind every group commit on the writer.
-        candidates = [r[0] for r in await self._read(sql, [*args, limit])]
+        candidates = await self._call(find, reader=True)
         if not candidates:
             return []
 
@@ -408,6 +435,18 @@ class SQLiteStore(Store):
             "SELECT body, sig FROM entries WHERE object_id = ? AND seq > ? ORDER BY seq", (object_id, after)
         )
         return [(_blob(b) or b"", _blob(s) or b"") for b, s in rows]
+
+    async def entries_of(self, object_ids: Sequence[str]) -> dict[str, list[tuple[bytes, bytes]]]:
+        out: dict[str, list[tuple[bytes, bytes]]] = {oid: [] for oid in object_ids}
+        if object_ids:
+            rows = await self._read(
+                f"SELECT object_id, body, sig FROM entries WHERE object_id IN ({','.join('?' * len(out))})"
+                " ORDER BY object_id, seq",
+                list(out),
+            )
+            for oid, b, s in rows:
+                out[oid].append((_blob(b) or b"", _blob(s) or b""))
+        return out
 
     async def entry_hash(self, object_id: str, seq: int) -> bytes | None:
         rows = await self._read("SELECT hash FROM entries WHERE object_id = ? AND seq = ?", (object_id, seq))

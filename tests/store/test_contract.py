@@ -211,6 +211,25 @@ async def test_claim_takes_highest_priority_first_then_earliest_due_up_to_the_li
     assert await store.claim("n", now=T0, lease_ns=LEASE, limit=0, handlers=["work"], scopes=None) == []
 
 
+async def test_claim_orders_by_priority_across_many_levels_and_skips_what_is_not_due(store: Store) -> None:
+    # More distinct levels than a store may look at one by one (SQLite: 8), negative ones
+    # included, with a not-yet-due object at the top level that must not be taken.
+    await make(store, priority=99, due_at=T0 + SEC)
+    made = [await make(store, priority=p, due_at=T0 - 1 - abs(p)) for p in (3, -2, 11, 0, 7, 5, -9, 1, 13, 2, 8, 4)]
+    by_priority = [t.id for t in sorted(made, key=lambda t: -t.obj.priority)]
+    first = await store.claim("n", now=T0, lease_ns=LEASE, limit=5, handlers=["work"], scopes=None)
+    assert [c.id for c in first] == by_priority[:5]
+    rest = await store.claim("n", now=T0, lease_ns=LEASE, limit=100, handlers=["work"], scopes=None)
+    assert [c.id for c in rest] == by_priority[5:]
+
+
+async def test_a_claim_fills_its_limit_from_lower_levels_when_a_level_runs_out(store: Store) -> None:
+    top = [await make(store, priority=2, due_at=T0 - i) for i in (1, 2)]
+    low = [await make(store, priority=1, due_at=T0 - i) for i in (5, 6, 7)]
+    claims = await store.claim("n", now=T0, lease_ns=LEASE, limit=4, handlers=["work"], scopes=None)
+    assert [c.id for c in claims] == [top[1].id, top[0].id, low[2].id, low[1].id]
+
+
 async def test_claim_skips_excluded_ids(store: Store) -> None:
     a = await make(store)
     b = await make(store)
@@ -257,6 +276,24 @@ async def test_append_is_a_compare_and_swap_on_seq_and_lease_token(store: Store)
     assert await store.entry_hash(t.id, 1) == item.entry.hash
     # The same seq cannot be written twice, not even by the lease holder.
     assert await store.append([item], now=T0 + 2) == [None]
+
+
+async def test_entries_of_reads_several_memories_in_seq_order_at_once(store: Store) -> None:
+    a, b, c = [await make(store) for _ in range(3)]
+    claims = {cl.id: cl for cl in await store.claim("n", now=T0, lease_ns=LEASE, limit=3, handlers=["work"],
+                                                     scopes=None)}
+    for t in (a, b, a, a):  # a ends with 4 entries, b with 2, c with 1
+        item = t.step(claims[t.id])
+        assert await store.append([item], now=T0) == [0]
+        t.advance(item)
+    missing = new_id()
+    memories = await store.entries_of([c.id, a.id, missing, b.id])
+    assert list(memories) == [c.id, a.id, missing, b.id]
+    for t in (a, b, c):
+        assert memories[t.id] == await store.entries(t.id)
+    assert [len(memories[t.id]) for t in (a, b, c)] == [4, 2, 1]
+    assert memories[missing] == []
+    assert await store.entries_of([]) == {}
 
 
 async def test_group_append_commits_the_winners_and_skips_the_losers(store: Store) -> None:

@@ -34,19 +34,38 @@ def table_sql(path: str, name: str) -> str:
         return str(db.execute("SELECT sql FROM sqlite_master WHERE name = ?", (name,)).fetchone()[0])
 
 
-async def test_a_store_from_schema_version_2_is_upgraded_with_its_memories_intact(
-    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def downgrade_to_version_2(path: str) -> None:
+    """Rewrite a store into exactly the layout migrations 1 and 2 produced (entries keyed by
+    (object_id, seq) WITHOUT ROWID, a status index, no claim index), keeping its rows."""
+    with sqlite3.connect(path, isolation_level=None) as db:
+        db.executescript(
+            """
+            BEGIN;
+            CREATE TABLE entries_v2 (
+                object_id TEXT NOT NULL, seq INTEGER NOT NULL, body BLOB NOT NULL, sig BLOB NOT NULL,
+                hash BLOB NOT NULL, PRIMARY KEY (object_id, seq)
+            ) WITHOUT ROWID;
+            INSERT INTO entries_v2 SELECT object_id, seq, body, sig, hash FROM entries;
+            DROP TABLE entries;
+            ALTER TABLE entries_v2 RENAME TO entries;
+            DROP INDEX objects_claim;
+            CREATE INDEX objects_status ON objects (status);
+            DELETE FROM peo_schema WHERE version > 2;
+            COMMIT;
+            """
+        )
+
+
+async def test_a_store_from_schema_version_2_is_upgraded_with_its_memories_intact(sqlite_url: str) -> None:
     path = sqlite_url.removeprefix("sqlite:///")
-    with monkeypatch.context() as old:
-        old.setattr(_sqlite, "_MIGRATIONS", _sqlite._MIGRATIONS[:2])
-        async with peo.Client(sqlite_url) as client:
-            done = await client.submit("count")
-            waiting = await client.submit("wait")
-        await peo.Node(sqlite_url, app, node_id="old").run_until_idle()
-        async with peo.Client(sqlite_url) as client:
-            assert (await client.get(waiting)).status == "dormant"
-            await client.signal(waiting, "go", "upgraded")  # in the inbox across the upgrade
+    async with peo.Client(sqlite_url) as client:
+        done = await client.submit("count")
+        waiting = await client.submit("wait")
+    await peo.Node(sqlite_url, app, node_id="old").run_until_idle()
+    async with peo.Client(sqlite_url) as client:
+        assert (await client.get(waiting)).status == "dormant"
+        await client.signal(waiting, "go", "upgraded")  # in the inbox across the upgrade
+    downgrade_to_version_2(path)
     assert "WITHOUT ROWID" in table_sql(path, "entries")
 
     async with peo.Client(sqlite_url) as client:
@@ -61,7 +80,9 @@ async def test_a_store_from_schema_version_2_is_upgraded_with_its_memories_intac
         for oid in (done, waiting, third):
             await client.verify(oid)  # raises if a chain does not verify
     with sqlite3.connect(path) as db:
-        assert [r[0] for r in db.execute("SELECT version FROM peo_schema ORDER BY version")] == [1, 2, 3]
+        assert [r[0] for r in db.execute("SELECT version FROM peo_schema ORDER BY version")] == list(
+            range(1, len(_sqlite._MIGRATIONS) + 1)
+        )
         # Still one entry per (object, seq): the unique index replaced the primary key.
         with pytest.raises(sqlite3.IntegrityError):
             db.execute("INSERT INTO entries SELECT object_id, seq, body, sig, hash FROM entries LIMIT 1")
