@@ -169,17 +169,9 @@ class Node:
         handlers = sorted(h for h in self.app.handlers if self.policy.accepts_handler(h))
         scopes = self.policy.scope_filter()
         idle_checks = 0
-        # While a claim fills every free slot there is a backlog: then claim again only once
-        # half the slots are free. Claiming each slot as it frees up would cost one store
-        # query per object, and each query looks over the whole backlog.
-        backlog = False
         while not self._stopping.is_set():
             now = self.clock()
             room = self.concurrency - len(self._held)
-            if backlog and 0 < room < max(1, self.concurrency // 2):
-                self._wake.clear()
-                await self._wake.wait()  # set when a worker finishes, or by stop()
-                continue
             claims: list[Claim] = []
             if room > 0 and handlers:
                 try:
@@ -191,7 +183,6 @@ class Node:
                     log.warning("claim_failed error=%s", exc)
                     await asyncio.sleep(self.poll_interval)
                     continue
-                backlog = len(claims) == room
             memories: dict[str, list[tuple[bytes, bytes]]] = {}
             if claims and sum(c.seq + 1 for c in claims) <= _PREFETCH_ROWS:
                 # Short memories of a batch of claims are read in one query, not one each.

@@ -60,6 +60,31 @@ async def test_many_objects_share_group_commits(sqlite_url: str) -> None:
     assert node.stats["commits"] < node.stats["steps"]  # appends of many objects per transaction
 
 
+async def test_the_memories_of_a_batch_of_claims_are_read_in_one_query(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from peo.store._sqlite import SQLiteStore
+
+    calls = {"claim": 0, "entries": 0, "entries_of": 0}  # calls that returned something
+    for name in calls:
+        original = getattr(SQLiteStore, name)
+
+        async def counted(*args: Any, _name: str = name, _original: Any = original, **kw: Any) -> Any:
+            result = await _original(*args, **kw)
+            calls[_name] += bool(result)
+            return result
+
+        monkeypatch.setattr(SQLiteStore, name, counted)
+    async with peo.Client(sqlite_url) as client:
+        ids = await client.submit_many("count", [{"steps": 3}] * 60)
+        node = await run_idle(sqlite_url, counting_app(), concurrency=8)
+        for oid in ids:
+            assert await client.wait(oid, timeout=5) == {"n": 3}
+    assert node.stats["claims"] == 60
+    assert calls["claim"] >= 60 // 8  # at most 8 at a time
+    assert calls["entries_of"] == calls["claim"] and calls["entries"] == 0
+
+
 async def test_two_nodes_never_record_a_step_twice(store_url: str) -> None:
     calls: list[str] = []
     async with peo.Client(store_url) as client:
