@@ -113,7 +113,8 @@ def test_the_machine_catches_a_node_that_runs_a_committed_step_again(monkeypatch
         return await real_step(self, fold, memory, signals)
 
     monkeypatch.setattr(node_module.Node, "_step", step_twice)
-    with pytest.raises(AssertionError, match=r"side effect of step .* ran 2 times"):
+    # Twice per attempt, so 2 runs, or more where the machine also crashed that step.
+    with pytest.raises(AssertionError, match=r"side effect of step .* ran [2-9] times"):
         run_resumption_tests(settings=settings(SMALL, max_examples=60, phases=[Phase.generate]))
 
 
@@ -125,7 +126,9 @@ def test_the_machine_catches_a_cycle_that_ignores_cancellation(monkeypatch: pyte
         return real_plan(fold, policy, **kw)
 
     monkeypatch.setattr(node_module, "plan", plan)
-    with pytest.raises(AssertionError, match="not a prefix of what the model expects"):
+    # Caught either as a wrong entry (a step where "cancelled" was due) or, for an object that
+    # sleeps through the ignored cancel, as a memory that never reaches "terminate:cancelled".
+    with pytest.raises(AssertionError, match=r"not a prefix of what the model expects|stopped short of .*cancelled"):
         run_resumption_tests(settings=settings(SMALL, max_examples=60, phases=[Phase.generate]))
 
 
