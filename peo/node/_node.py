@@ -131,8 +131,8 @@ class Node:
 
     async def _run(self, *, until_idle: bool) -> None:
         self._stopping.clear()
-        if self._owns_store:
-            await self.store.open()
+        if self._owns_store and not await self._open_store():
+            return  # stopped before the store could be opened
         self._pool = concurrent.futures.ThreadPoolExecutor(self.concurrency, thread_name_prefix="peo-handler")
         try:
             await self._drop_own_leases()
@@ -152,6 +152,24 @@ class Node:
             self._pool.shutdown(wait=False, cancel_futures=True)
             if self._owns_store:
                 await self.store.aclose()
+
+    async def _open_store(self) -> bool:
+        """Open the store, retrying while the failure may pass (a database locked by another
+        process, a server not up yet); False if stop() came first. Anything else raises."""
+        delay = 0.05
+        while True:
+            try:
+                await self.store.open()
+                return True
+            except StoreError as exc:
+                if not exc.retryable:
+                    raise
+                log.warning("store_open_failed error=%s retry_in=%.2fs", exc, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            if self._stopping.is_set():
+                return False
+            delay = min(delay * 2, 2.0)
 
     async def _drop_own_leases(self) -> None:
         """Leases still held under our node id are from a previous run of this node (it

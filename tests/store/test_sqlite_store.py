@@ -106,3 +106,45 @@ async def test_a_write_waits_for_another_process_lock_while_the_loop_keeps_runni
         finally:
             other.close()
         assert (await store.get(obj.id)).head == obj.entry.hash
+
+
+async def test_a_node_waits_for_a_store_another_process_keeps_locked(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(_sqlite, "_BUSY_TIMEOUT_MS", 50)  # give up on the lock quickly
+    async with peo.Client(sqlite_url) as client:
+        oid = await client.submit("count")
+    other = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # held while the node starts
+        node = peo.Node(sqlite_url, app, node_id="patient")
+        running = asyncio.create_task(node.run_until_idle())
+        while "store_open_failed" not in caplog.text:  # the node could not open, and says so
+            assert not running.done(), "the node gave up instead of waiting"
+            await asyncio.sleep(0.01)
+        other.execute("COMMIT")
+        await asyncio.wait_for(running, 60)
+    finally:
+        other.close()
+    async with peo.Client(sqlite_url) as client:
+        assert await client.wait(oid, timeout=5) == 3
+
+
+async def test_a_node_stopped_while_waiting_for_its_store_returns(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(_sqlite, "_BUSY_TIMEOUT_MS", 50)
+    async with peo.Client(sqlite_url):
+        pass  # the schema exists
+    other = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        node = peo.Node(sqlite_url, app, node_id="stopped")
+        running = asyncio.create_task(node.run())
+        while "store_open_failed" not in caplog.text:
+            await asyncio.sleep(0.01)
+        node.stop()
+        await asyncio.wait_for(running, 60)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
