@@ -201,14 +201,15 @@ class Node:
                     log.warning("claim_failed error=%s", exc)
                     await asyncio.sleep(self.poll_interval)
                     continue
+            for claim in claims:  # held (and so renewed) from here on
+                self._held[claim.id] = _Held(claim, claim.token)
+                self.stats["claims"] += 1
             memories: dict[str, list[tuple[bytes, bytes]]] = {}
             if claims and sum(c.seq + 1 for c in claims) <= _PREFETCH_ROWS:
                 # Short memories of a batch of claims are read in one query, not one each.
                 with contextlib.suppress(StoreError):  # then each worker reads its own
                     memories = await self.store.entries_of([c.id for c in claims])
             for claim in claims:
-                self._held[claim.id] = _Held(claim, claim.token)
-                self.stats["claims"] += 1
                 worker = tg.create_task(self._work(claim, memories.get(claim.id)))
                 self._workers.add(worker)
                 worker.add_done_callback(self._workers.discard)
