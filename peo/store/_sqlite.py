@@ -169,7 +169,7 @@ class SQLiteStore(Store):
         self.path, self.durability = parse_sqlite_url(url)
         self._db: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
-        # One user at a time per connection: [writer, reader].
+        # One user at a time per connection: (writer, reader).
         self._locks = (asyncio.Lock(), asyncio.Lock())
         self._timeouts: dict[int, int] = {}  # id(connection) -> its busy_timeout now
 
@@ -217,7 +217,7 @@ class SQLiteStore(Store):
         thread (see above). ``fn`` must be safe to run again after an inline attempt failed
         as busy: a write is rolled back first (see :meth:`_write`), a read changes nothing."""
         db = self._reader if reader and self._reader is not None else self.db
-        async with self._locks[reader and self._reader is not None]:
+        async with self._locks[1 if db is self._reader else 0]:
             try:
                 conn = db._conn
                 self._busy_timeout(conn, 0)
@@ -628,14 +628,6 @@ _APPEND_HEAD = f"""
     RETURNING inbox
 """
 
-# The common step: a runnable object that stays runnable under the same lease. Only the head
-# and the due time move, so the status and lease indexes are not rewritten.
-_APPEND_STEP = """
-    UPDATE objects SET seq = :seq, head = :hash, due_at = :due, inbox = inbox - :consumed, updated_at = :now
-    WHERE id = :id AND seq = :prev_seq AND lease_token = :token AND status = 'runnable'
-    RETURNING inbox
-"""
-
 _RELEASE = """
     UPDATE objects SET
       due_at = CASE
@@ -663,23 +655,15 @@ def _append_one(conn: sqlite3.Connection, item: AppendItem, now: int) -> int | N
     e = item.entry
     if item.children:
         _insert_objects(conn, item.children)
-    row = None
-    if item.status == "runnable" and not item.release:
-        row = conn.execute(
-            _APPEND_STEP,
-            {"id": item.object_id, "seq": e.seq, "prev_seq": e.seq - 1, "hash": e.hash, "due": item.due_at,
-             "consumed": len(item.consumed), "now": now, "token": item.token},
-        ).fetchone()
-    if row is None:  # a change of status or lease, or the compare-and-swap lost
-        row = conn.execute(
-            _APPEND_HEAD,
-            {
-                "id": item.object_id, "seq": e.seq, "prev_seq": e.seq - 1, "hash": e.hash, "status": item.status,
-                "due": item.due_at, "wait_signal": item.wait_signal, "wait_children": int(item.wait_children),
-                "result": item.result, "reason": item.reason, "consumed": len(item.consumed), "now": now,
-                "release": int(item.release), "token": item.token,
-            },
-        ).fetchone()
+    row = conn.execute(
+        _APPEND_HEAD,
+        {
+            "id": item.object_id, "seq": e.seq, "prev_seq": e.seq - 1, "hash": e.hash, "status": item.status,
+            "due": item.due_at, "wait_signal": item.wait_signal, "wait_children": int(item.wait_children),
+            "result": item.result, "reason": item.reason, "consumed": len(item.consumed), "now": now,
+            "release": int(item.release), "token": item.token,
+        },
+    ).fetchone()
     if row is None:  # lost the compare-and-swap: undo the children inserted for it
         if item.children:
             ids = [(c.id,) for c in item.children]
