@@ -12,8 +12,27 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .app import App as App
-from .crypto import Keyring as Keyring
-from .crypto import SigningKey as SigningKey
+from .core.crypto import Keyring as Keyring
+from .core.crypto import SigningKey as SigningKey
+from .core.model import Action as Action
+from .core.model import CannotDo as CannotDo
+from .core.model import Constraints as Constraints
+from .core.model import Context as Context
+from .core.model import Continue as Continue
+from .core.model import Delegate as Delegate
+from .core.model import Done as Done
+from .core.model import Entry as Entry
+from .core.model import Fail as Fail
+from .core.model import Intent as Intent
+from .core.model import ObjectInfo as ObjectInfo
+from .core.model import Proposal as Proposal
+from .core.model import Refine as Refine
+from .core.model import Signal as Signal
+from .core.model import Sleep as Sleep
+from .core.model import Status as Status
+from .core.model import Step as Step
+from .core.model import WaitSignal as WaitSignal
+from .core.policy import Policy as Policy
 from .errors import CodecError as CodecError
 from .errors import ConflictError as ConflictError
 from .errors import IntegrityError as IntegrityError
@@ -25,25 +44,6 @@ from .errors import PolicyError as PolicyError
 from .errors import StoreError as StoreError
 from .errors import TimeoutError as TimeoutError
 from .errors import UsageError as UsageError
-from .model import Action as Action
-from .model import CannotDo as CannotDo
-from .model import Constraints as Constraints
-from .model import Context as Context
-from .model import Continue as Continue
-from .model import Delegate as Delegate
-from .model import Done as Done
-from .model import Entry as Entry
-from .model import Fail as Fail
-from .model import Intent as Intent
-from .model import ObjectInfo as ObjectInfo
-from .model import Proposal as Proposal
-from .model import Refine as Refine
-from .model import Signal as Signal
-from .model import Sleep as Sleep
-from .model import Status as Status
-from .model import Step as Step
-from .model import WaitSignal as WaitSignal
-from .policy import Policy as Policy
 
 if TYPE_CHECKING:
     from .client import Client as Client

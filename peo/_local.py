@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .crypto import Keyring, SigningKey
-from .policy import Policy
+from .core.crypto import Keyring, SigningKey
+from .core.policy import Policy
 
 __all__ = ["home", "key_path", "keyring_for", "load_key"]
 

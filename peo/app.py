@@ -8,9 +8,9 @@ from typing import Any, TypeVar
 
 import attrs
 
-from .codec import check_name
+from .core.codec import check_name
+from .core.model import Step
 from .errors import CodecError, UsageError
-from .model import Step
 
 __all__ = ["App", "Handler"]
 

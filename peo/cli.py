@@ -46,8 +46,8 @@ from .errors import (
 
 if TYPE_CHECKING:  # annotations only; the verbs import what they use
     from .app import App
-    from .crypto import SigningKey
-    from .policy import Policy
+    from .core.crypto import SigningKey
+    from .core.policy import Policy
     from .store import Store
 
 __all__ = ["entry", "main"]
@@ -217,7 +217,7 @@ def jsonable(value: Any) -> Any:
     import attrs
 
     if attrs.has(type(value)):
-        from .codec import unstructure
+        from .core.codec import unstructure
 
         return jsonable(unstructure(value))
     return str(value)
@@ -271,7 +271,7 @@ def _client(args: argparse.Namespace, **kw: Any) -> Any:
 
     policy = getattr(args, "policy", None)
     if policy is not None:
-        from .policy import Policy
+        from .core.policy import Policy
 
         kw["policy"] = Policy.load(policy)
     return Client(_store_url(args), **kw)
@@ -384,7 +384,7 @@ def _short_outcome(action: str, o: Mapping[str, Any], limit: int = 100) -> str:
 
 
 async def cmd_show(args: argparse.Namespace) -> int:
-    from .codec import unstructure
+    from .core.codec import unstructure
 
     async with _client(args) as client:
         info = await client.get(args.id)
@@ -613,9 +613,9 @@ def load_app(spec: str) -> App:
 
 async def cmd_node(args: argparse.Namespace) -> int:
     from . import _local
-    from .codec import check_name
-    from .crypto import SigningKey
-    from .policy import Policy
+    from .core.codec import check_name
+    from .core.crypto import SigningKey
+    from .core.policy import Policy
     from .store import make_store
 
     profile = load_profile(args.profile) if args.profile else {}

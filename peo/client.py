@@ -13,13 +13,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ._local import keyring_for, load_key
-from .codec import Limits, check_name, check_value, packb, structure, unpackb
-from .crypto import Keyring, SigningKey
+from .core.codec import Limits, check_name, check_value, packb, structure, unpackb
+from .core.crypto import Keyring, SigningKey
+from .core.memory import Fold, genesis, instantiation_outcome, make_entry, verify_chain
+from .core.model import CANCEL_SIGNAL, Action, Constraints, Context, Entry, Intent, ObjectInfo, Status
+from .core.policy import Policy
 from .errors import CodecError, IntegrityError, ObjectFailedError, PolicyError, TimeoutError, UsageError
 from .ids import new_id
-from .memory import Fold, genesis, instantiation_outcome, make_entry, verify_chain
-from .model import CANCEL_SIGNAL, Action, Constraints, Context, Entry, Intent, ObjectInfo, Status
-from .policy import Policy
 from .store import NewObject, ObjectRow, Store, make_store
 
 __all__ = ["EXPORT_FORMAT", "Client"]
@@ -292,7 +292,7 @@ class Client:
 def _decode_all(rows: Sequence[tuple[bytes, bytes]]) -> list[Entry]:
     import hashlib
 
-    from .codec import decode_body
+    from .core.codec import decode_body
 
     out = []
     for body, sig in rows:

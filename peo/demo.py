@@ -21,8 +21,8 @@ from collections import Counter
 from typing import Any
 
 from . import App, CannotDo, Client, Continue, Delegate, Done, Fail, Intent, Node, Refine, Sleep, Step, WaitSignal
+from .core.model import Action
 from .errors import PeoError
-from .model import Action
 
 __all__ = ["app", "main"]
 

@@ -8,7 +8,8 @@
     ├── PolicyError (ValueError)  a policy document is invalid, or input breaks its limits
     ├── UsageError (ValueError)   a caller passed something that cannot work (unknown handler...)
     ├── NotFoundError (KeyError)  no object with that id
-    ├── TimeoutError              wait() gave up before the object terminated
+    ├── TimeoutError (TimeoutError) wait() gave up before the object terminated
+    ├── InternalError             a bug in peo itself: an invariant it checks did not hold
     ├── ObjectFailedError         wait(): the object ended without a result (failed, cancelled...)
     └── StoreError                the store failed; ``retryable`` says whether trying again helps
         ├── ConflictError         another writer took this seq first (compare-and-swap lost)
@@ -20,10 +21,13 @@ them at the boundary, so callers only ever see this tree.
 
 from __future__ import annotations
 
+import builtins
+
 __all__ = [
     "CodecError",
     "ConflictError",
     "IntegrityError",
+    "InternalError",
     "LeaseLostError",
     "NotFoundError",
     "ObjectFailedError",
@@ -80,8 +84,13 @@ class NotFoundError(PeoError, KeyError):
         return str(self.args[0]) if self.args else "not found"
 
 
-class TimeoutError(PeoError):
-    """``Client.wait`` gave up before the object terminated."""
+class TimeoutError(PeoError, builtins.TimeoutError):
+    """``Client.wait`` gave up before the object terminated. Also a builtin TimeoutError,
+    so ``except TimeoutError`` written for asyncio catches it too."""
+
+
+class InternalError(PeoError):
+    """A bug in peo: something peo checks about itself did not hold. Please report it."""
 
 
 class ObjectFailedError(PeoError):

@@ -21,17 +21,17 @@ from typing import Any
 
 import attrs
 
-from .. import faults
+from .. import faultpoints
 from .._local import keyring_for, load_key
 from ..app import App
-from ..codec import packb, unpackb
-from ..crypto import Keyring, SigningKey
-from ..cycle import RUN_HANDLER, Child, Decision, Release, conclude, plan
+from ..core.codec import packb, unpackb
+from ..core.crypto import Keyring, SigningKey
+from ..core.cycle import RUN_HANDLER, Child, Decision, Release, conclude, plan
+from ..core.memory import Fold, genesis, instantiation_outcome, make_entry, verify_chain
+from ..core.model import Action, Delegate, Entry, Signal, Status, Step
+from ..core.policy import Policy
 from ..errors import CodecError, IntegrityError, LeaseLostError, StoreError, UsageError
 from ..ids import new_id
-from ..memory import Fold, genesis, instantiation_outcome, make_entry, verify_chain
-from ..model import Action, Delegate, Entry, Signal, Status, Step
-from ..policy import Policy
 from ..store import AppendItem, NewObject, Store, make_store
 from ..store._base import Claim
 
@@ -253,8 +253,8 @@ class Node:
             await asyncio.sleep(self.lease_ttl / 3)
             if not self._held:
                 continue
-            if faults.ARMED:
-                faults.hit("node.before_renew")
+            if faultpoints.ARMED:
+                faultpoints.hit("node.before_renew")
             leases = {oid: h.token for oid, h in self._held.items() if not h.released}
             try:
                 lost = await self.store.renew(self.node_id, leases, until=self.clock() + self.lease_ns)
@@ -397,8 +397,8 @@ class Node:
         except Exception as exc:  # a handler's failure is data for the cycle, not a crash
             proposal = exc
         latency = time.perf_counter_ns() - started
-        if faults.ARMED:
-            faults.hit("node.after_handler")
+        if faultpoints.ARMED:
+            faultpoints.hit("node.after_handler")
         child_ids = [new_id() for _ in proposal.children] if isinstance(proposal, Delegate) else []
         return conclude(fold, self.policy, proposal, now=self.clock(), latency_ns=latency,
                         signals=signals, child_ids=child_ids)
@@ -409,8 +409,8 @@ class Node:
             self.key, seq=fold.seq + 1, prev=fold.hash, timestamp=now, origin_node=self.node_id,
             policy_ref=self.policy.ref, action=d.action, outcome=d.outcome, trace_id=oid,
         )
-        if faults.ARMED:
-            faults.hit("node.after_sign")
+        if faultpoints.ARMED:
+            faultpoints.hit("node.after_sign")
         children = tuple(self._child(c, now) for c in d.children)
         result = None
         if d.action is Action.TERMINATE:

@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from ..model import Entry, Signal
+from ..core.model import Entry, Signal
 
 __all__ = ["AppendItem", "Claim", "NewObject", "ObjectRow", "Store"]
 

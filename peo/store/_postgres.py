@@ -31,10 +31,10 @@ from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
 import asyncpg
 
-from .. import faults
-from ..codec import packb, unpackb
+from .. import faultpoints
+from ..core.codec import packb, unpackb
+from ..core.model import Entry, Signal
 from ..errors import CodecError, ConflictError, NotFoundError, StoreError, UsageError
-from ..model import Entry, Signal
 from ._base import AppendItem, Claim, NewObject, ObjectRow, Store
 
 __all__ = ["PostgresStore", "parse_postgres_url"]
@@ -348,8 +348,8 @@ class PostgresStore(Store):
                 await tr.start()
                 try:
                     result = await body(conn)
-                    if faults.ARMED:
-                        faults.hit("store.before_commit")
+                    if faultpoints.ARMED:
+                        faultpoints.hit("store.before_commit")
                 except BaseException:
                     try:
                         await tr.rollback()
@@ -357,8 +357,8 @@ class PostgresStore(Store):
                         pass
                     raise
                 await tr.commit()
-            if faults.ARMED:
-                faults.hit("store.after_commit")
+            if faultpoints.ARMED:
+                faultpoints.hit("store.after_commit")
             return result
 
         return await self._guard(op)

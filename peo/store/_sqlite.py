@@ -20,10 +20,10 @@ from urllib.parse import parse_qs, urlparse
 
 import aiosqlite
 
-from .. import faults
-from ..codec import packb, unpackb
+from .. import faultpoints
+from ..core.codec import packb, unpackb
+from ..core.model import Entry, Signal
 from ..errors import CodecError, ConflictError, NotFoundError, StoreError, UsageError
-from ..model import Entry, Signal
 from ._base import AppendItem, Claim, NewObject, ObjectRow, Store
 
 __all__ = ["SQLiteStore"]
@@ -308,8 +308,8 @@ class SQLiteStore(Store):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 result = body(conn)
-                if faults.ARMED:
-                    faults.hit("store.before_commit")
+                if faultpoints.ARMED:
+                    faultpoints.hit("store.before_commit")
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -318,8 +318,8 @@ class SQLiteStore(Store):
                     except sqlite3.Error:
                         pass
                 raise
-            if faults.ARMED:
-                faults.hit("store.after_commit")
+            if faultpoints.ARMED:
+                faultpoints.hit("store.after_commit")
             return result
 
         return await self._call(txn)

@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from peo.crypto import Keyring, SigningKey
-from peo.cycle import RUN_HANDLER, Decision, Release, conclude, plan
-from peo.memory import Fold, genesis, instantiation_outcome, make_entry
-from peo.model import Action, Context, Entry, Intent, Signal
-from peo.policy import Policy
+from peo.core.crypto import Keyring, SigningKey
+from peo.core.cycle import RUN_HANDLER, Decision, Release, conclude, plan
+from peo.core.memory import Fold, genesis, instantiation_outcome, make_entry
+from peo.core.model import Action, Context, Entry, Intent, Signal
+from peo.core.policy import Policy
 
 SEED = bytes(range(32))
 KEY = SigningKey(SEED)

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from peo.core.memory import verify_chain
+from peo.core.model import Action, Entry
 from peo.errors import IntegrityError
-from peo.memory import verify_chain
-from peo.model import Action, Entry
 
 from ._helpers import chain, keyring, rows
 

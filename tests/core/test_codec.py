@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from peo import codec
-from peo.codec import (
+from peo.core import codec
+from peo.core.codec import (
     FORMAT_VERSION,
     UPCASTERS,
     Limits,
@@ -26,9 +26,9 @@ from peo.codec import (
     unpackb,
     unstructure,
 )
+from peo.core.memory import verify_chain
+from peo.core.model import Action, Constraints, Context, Intent
 from peo.errors import CodecError
-from peo.memory import verify_chain
-from peo.model import Action, Constraints, Context, Intent
 
 from ._helpers import KEY, instantiate, keyring
 

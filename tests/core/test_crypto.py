@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from peo.crypto import _SMALL_ORDER, Keyring, SigningKey, is_valid_public_key, key_id_of, load_public_key
+from peo.core.crypto import _SMALL_ORDER, Keyring, SigningKey, is_valid_public_key, key_id_of, load_public_key
 from peo.errors import IntegrityError, UsageError
 
 from ._helpers import KEY, OTHER_KEY, SEED
@@ -185,7 +185,7 @@ def test_processes_creating_the_same_key_at_once_all_end_up_with_one_key(tmp_pat
     import subprocess
     import sys
 
-    code = "import sys; from peo.crypto import SigningKey; print(SigningKey.load_or_create(sys.argv[1]).key_id)"
+    code = "import sys; from peo.core.crypto import SigningKey; print(SigningKey.load_or_create(sys.argv[1]).key_id)"
     path = tmp_path / "keys" / "node.key"
     procs = [subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
              for _ in range(8)]

@@ -9,10 +9,9 @@ from typing import Any
 import attrs
 import pytest
 
-from peo.cycle import ALLOWED, RUN_HANDLER, Decision, Release
-from peo.errors import PeoError
-from peo.memory import verify_chain
-from peo.model import (
+from peo.core.cycle import ALLOWED, RUN_HANDLER, Decision, Release
+from peo.core.memory import verify_chain
+from peo.core.model import (
     CANCEL_SIGNAL,
     Action,
     CannotDo,
@@ -29,7 +28,8 @@ from peo.model import (
     Status,
     WaitSignal,
 )
-from peo.policy import Policy
+from peo.core.policy import Policy
+from peo.errors import PeoError
 
 from ._helpers import SECOND, T0, Sim, keyring, rows
 
@@ -375,7 +375,7 @@ def test_cannot_do_survives_resumption_from_memory() -> None:
     sim = Sim()
     sim.step(CannotDo("ocr"))
     sim.step(Continue())
-    from peo.memory import Fold
+    from peo.core.memory import Fold
 
     assert Fold.of(sim.entries).cannot_do == {"ocr"}
 

@@ -9,10 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from peo.cycle import ALLOWED, RUN_HANDLER, Decision, Release
-from peo.errors import PeoError
-from peo.memory import Fold, verify_chain
-from peo.model import (
+from peo.core.cycle import ALLOWED, RUN_HANDLER, Decision, Release
+from peo.core.memory import Fold, verify_chain
+from peo.core.model import (
     CANCEL_SIGNAL,
     Action,
     CannotDo,
@@ -27,7 +26,8 @@ from peo.model import (
     Status,
     WaitSignal,
 )
-from peo.policy import Policy
+from peo.core.policy import Policy
+from peo.errors import PeoError
 
 from ._helpers import SECOND, T0, Sim, keyring, rows
 

@@ -3,7 +3,7 @@
 ``tests/data/entry-v1.bin`` is msgpack ``{"seed", "object_id", "rows": [{"body", "sig"}]}``:
 two entries (an instantiation and one executed step) signed with a fixed seed. If a future
 change of the entry format breaks this test, keep the file and add an upcaster
-(``peo.codec.UPCASTERS[1]``) rather than rewriting it. Regenerate only while
+(``peo.core.codec.UPCASTERS[1]``) rather than rewriting it. Regenerate only while
 FORMAT_VERSION is still 1: ``python -m tests.core.test_golden`` from the repository root.
 """
 
@@ -15,11 +15,11 @@ from typing import Any
 import msgpack
 import pytest
 
-from peo.codec import FORMAT_VERSION
-from peo.crypto import Keyring, SigningKey
+from peo.core.codec import FORMAT_VERSION
+from peo.core.crypto import Keyring, SigningKey
+from peo.core.memory import Fold, genesis, instantiation_outcome, make_entry, verify_chain
+from peo.core.model import Action, Constraints, Context, Intent, Status
 from peo.errors import IntegrityError
-from peo.memory import Fold, genesis, instantiation_outcome, make_entry, verify_chain
-from peo.model import Action, Constraints, Context, Intent, Status
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "entry-v1.bin"
 SEED = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")  # RFC 8032 TEST 1

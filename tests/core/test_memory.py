@@ -8,10 +8,10 @@ import msgpack
 import nacl.signing
 import pytest
 
-from peo.codec import Limits
+from peo.core.codec import Limits
+from peo.core.memory import Fold, Verified, genesis, make_entry, verify_chain
+from peo.core.model import Action, Constraints, Context, Intent, Signal, Status
 from peo.errors import CodecError, IntegrityError
-from peo.memory import Fold, Head, genesis, make_entry, verify_chain
-from peo.model import Action, Constraints, Context, Intent, Signal, Status
 
 from ._helpers import KEY, OTHER_KEY, chain, follow, instantiate, keyring, rows
 
@@ -71,7 +71,7 @@ def test_an_outcome_that_could_not_be_read_back_is_refused_before_it_is_written(
 def test_a_whole_chain_verifies_and_ends_at_a_head() -> None:
     entries = chain("obj-1", OUTCOMES)
     head, read = verify_chain("obj-1", rows(entries), keyring())
-    assert head == Head("obj-1", 5, entries[-1].hash, "default")
+    assert head == Verified("obj-1", 5, entries[-1].hash, "default")
     assert read == entries
 
 
@@ -96,7 +96,7 @@ def test_incremental_verification_refuses_entries_that_do_not_follow_the_head() 
     with pytest.raises(IntegrityError, match="expected seq 3, found seq 4") as info:
         verify_chain("obj-1", rows(entries[4:]), keyring(), start=head)
     assert info.value.seq == 3
-    wrong = Head("obj-1", head.seq, bytes(32), head.scope)
+    wrong = Verified("obj-1", head.seq, bytes(32), head.scope)
     with pytest.raises(IntegrityError, match="hash link broken") as info:
         verify_chain("obj-1", rows(entries[3:]), keyring(), start=wrong)
     assert info.value.seq == 3

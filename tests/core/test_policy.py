@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from peo.core.model import Context, Intent
+from peo.core.policy import Policy
 from peo.errors import PolicyError
-from peo.model import Context, Intent
-from peo.policy import Policy
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "policies" / "default.toml"

@@ -7,7 +7,8 @@ import json
 import subprocess
 import sys
 
-CORE = ["peo.model", "peo.codec", "peo.crypto", "peo.memory", "peo.policy", "peo.cycle", "peo.errors"]
+CORE = ["peo.core.model", "peo.core.codec", "peo.core.crypto", "peo.core.memory", "peo.core.policy",
+        "peo.core.cycle", "peo.errors"]
 FORBIDDEN = ["asyncio", "aiosqlite", "asyncpg", "sqlite3", "socket", "ssl", "selectors",
              "peo.store", "peo.node", "peo.client", "peo.cli"]
 
@@ -26,4 +27,4 @@ def test_importing_the_core_loads_no_io_module() -> None:
     loaded = json.loads(out.stdout)
     bad = [m for m in loaded if any(m == f or m.startswith(f + ".") for f in FORBIDDEN)]
     assert bad == [], f"the core imported I/O modules: {bad}"
-    assert "peo.cycle" in loaded  # the probe really imported the core
+    assert "peo.core.cycle" in loaded  # the probe really imported the core

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import peo
-from peo.model import Action
+from peo.core.model import Action
 
 
 def counting_app(calls: list[str] | None = None) -> peo.App:

@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import peo
-from peo.model import Action
+from peo.core.model import Action
 
 APP = Path(__file__).with_name("proc_app.py")
 

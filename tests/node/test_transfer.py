@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import peo
-from peo.model import Action
+from peo.core.model import Action
 
 
 def app() -> peo.App:

@@ -29,10 +29,10 @@ from hypothesis import strategies as st
 
 import peo
 from peo._local import keyring_for
-from peo.codec import Limits, check_value, packb, unpackb
+from peo.core.codec import Limits, check_value, packb, unpackb
+from peo.core.memory import verify_chain
+from peo.core.model import Step
 from peo.errors import CodecError, IntegrityError, PolicyError, UsageError
-from peo.memory import verify_chain
-from peo.model import Step
 
 APP = peo.App()
 

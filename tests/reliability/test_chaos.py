@@ -2,7 +2,7 @@
 lease at seeded random moments; afterwards nothing is lost, forked or recorded twice.
 
 The long form is one command (see docs/reliability.md):
-``python -m peo.chaos --nodes 3 --objects 60 --steps 20 --duration 30``.
+``python -m peo.testing.chaos --nodes 3 --objects 60 --steps 20 --duration 30``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from peo.chaos import ChaosConfig, ChaosReport, run_chaos
+from peo.testing.chaos import ChaosConfig, ChaosReport, run_chaos
 
 SHORT = {"nodes": 2, "objects": 20, "steps": 5, "duration": 8.0, "lease_ttl": 0.5, "step_ms": 30.0,
          "settle_timeout": 60.0}
@@ -49,7 +49,7 @@ async def test_kills_and_pauses_on_postgresql_lose_nothing(postgres_url: str, tm
 
 def test_the_command_with_fault_points_reports_figures_as_json(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "peo.chaos", "--json", "--seed", "3", "--nodes", "2", "--objects", "10",
+        [sys.executable, "-m", "peo.testing.chaos", "--json", "--seed", "3", "--nodes", "2", "--objects", "10",
          "--steps", "5", "--duration", "5", "--lease-ttl", "0.5", "--step-ms", "20",
          "--faults", "node.after_handler=crash@0.05,store.after_commit=raise@0.02",
          "--workdir", str(tmp_path / "chaos")],
@@ -64,7 +64,7 @@ def test_the_command_with_fault_points_reports_figures_as_json(tmp_path: Path) -
 
 
 def test_a_bad_fault_spec_is_a_usage_error() -> None:
-    proc = subprocess.run([sys.executable, "-m", "peo.chaos", "--faults", "node.nowhere=crash"],
+    proc = subprocess.run([sys.executable, "-m", "peo.testing.chaos", "--faults", "node.nowhere=crash"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "unknown fault point" in proc.stderr

@@ -17,10 +17,10 @@ import pytest
 
 import peo
 from peo._local import keyring_for
-from peo.chaos import HANDLER, check_objects, read_effects, spawn_worker
-from peo.crypto import SigningKey
-from peo.model import Action
-from peo.policy import Policy
+from peo.core.crypto import SigningKey
+from peo.core.model import Action
+from peo.core.policy import Policy
+from peo.testing.chaos import HANDLER, check_objects, read_effects, spawn_worker
 
 STEPS = 8
 LEASE_TTL = 0.6

@@ -16,7 +16,7 @@ Sources (the hex below is copied from them; the prose is ours):
 Rather than copying the paper's expected verdicts, each vector is classified here by a
 small pure-Python Edwards-curve model (RFC 8032 section 5.1 arithmetic), and the verdict
 that model predicts for a strict verifier is compared with what pynacl and peo's
-:class:`~peo.crypto.Keyring` actually answer.
+:class:`~peo.core.crypto.Keyring` actually answer.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import nacl.exceptions
 import nacl.signing
 import pytest
 
-from peo.crypto import Keyring, SigningKey, is_valid_public_key, key_id_of
+from peo.core.crypto import Keyring, SigningKey, is_valid_public_key, key_id_of
 from peo.errors import IntegrityError, UsageError
 
 # -- a minimal Ed25519 model (RFC 8032 section 5.1), slow but obviously correct -----------

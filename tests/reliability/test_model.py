@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import peo
 import peo.node._node as node_module
-from peo.model import Action
+from peo.core.model import Action
 from peo.testing import (
     SCRIPT_HANDLER,
     FakeClock,
@@ -122,7 +122,7 @@ def test_the_machine_catches_a_cycle_that_ignores_cancellation(monkeypatch: pyte
     real_plan = node_module.plan
 
     def plan(fold: Any, policy: Any, **kw: Any) -> Any:
-        kw["signals"] = [s for s in kw.get("signals", ()) if s.name != peo.model.CANCEL_SIGNAL]
+        kw["signals"] = [s for s in kw.get("signals", ()) if s.name != peo.core.model.CANCEL_SIGNAL]
         return real_plan(fold, policy, **kw)
 
     monkeypatch.setattr(node_module, "plan", plan)

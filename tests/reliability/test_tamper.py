@@ -31,11 +31,11 @@ import pytest
 
 import peo
 from peo._local import keyring_for
-from peo.codec import decode_body
-from peo.crypto import SigningKey
+from peo.core.codec import decode_body
+from peo.core.crypto import SigningKey
+from peo.core.memory import make_entry, verify_chain
+from peo.core.model import Action, Step
 from peo.errors import IntegrityError, NotFoundError
-from peo.memory import make_entry, verify_chain
-from peo.model import Action, Step
 
 APP = peo.App()
 

@@ -15,14 +15,14 @@ from typing import Any
 import attrs
 import pytest
 
-from peo import faults
-from peo.codec import packb
-from peo.crypto import SigningKey
+from peo.core.codec import packb
+from peo.core.crypto import SigningKey
+from peo.core.memory import genesis, instantiation_outcome, make_entry
+from peo.core.model import CANCEL_SIGNAL, Action, Context, Entry, Intent
 from peo.errors import ConflictError, NotFoundError, StoreError, UsageError
 from peo.ids import new_id
-from peo.memory import genesis, instantiation_outcome, make_entry
-from peo.model import CANCEL_SIGNAL, Action, Context, Entry, Intent
 from peo.store import AppendItem, Claim, NewObject, Store, make_store
+from peo.testing import faults
 
 KEY = SigningKey.generate()
 T0 = 1_700_000_000_000_000_000  # a fixed "now": stores never read the clock for decisions

@@ -14,12 +14,13 @@ from typing import Any
 
 import attrs
 
+from ..errors import CodecError, IntegrityError
 from .codec import DEFAULT_LIMITS, Limits, decode_body, encode_body, read_back, structure, unstructure
 from .crypto import Keyring, SigningKey
-from .errors import CodecError, IntegrityError
 from .model import Action, Constraints, Context, Entry, Intent, Signal, Status
+from .wake import Wake
 
-__all__ = ["Fold", "Head", "genesis", "make_entry", "verify_chain"]
+__all__ = ["Fold", "Verified", "genesis", "instantiation_outcome", "make_entry", "verify_chain"]
 
 
 def genesis(object_id: str) -> bytes:
@@ -78,7 +79,7 @@ def instantiation_outcome(object_id: str, intent: Intent, context: Context) -> d
 
 
 @attrs.frozen
-class Head:
+class Verified:
     """A verified position in a chain: the last seq and its hash, and the trust scope."""
 
     object_id: str
@@ -92,9 +93,9 @@ def verify_chain(
     rows: Iterable[tuple[bytes, bytes]],
     keyring: Keyring,
     *,
-    start: Head | None = None,
+    start: Verified | None = None,
     limits: Limits = DEFAULT_LIMITS,
-) -> tuple[Head | None, list[Entry]]:
+) -> tuple[Verified | None, list[Entry]]:
     """Verify ``(body, signature)`` rows continuing from ``start`` (or from entry 0).
 
     Checks, per entry: it decodes within limits, its seq is the next one, its ``prev`` is
@@ -131,7 +132,7 @@ def verify_chain(
             keyring.verify(entry.signer, scope, body, signature, seq=entry.seq)
         except IntegrityError as exc:
             raise IntegrityError(exc.reason, object_id=object_id, seq=entry.seq) from None
-        head = Head(object_id, entry.seq, digest, scope)
+        head = Verified(object_id, entry.seq, digest, scope)
         out.append(entry)
     return head, out
 
@@ -200,6 +201,11 @@ class Fold:
         for entry in entries[1:]:
             fold.apply(entry)
         return fold
+
+    @property
+    def wake(self) -> Wake:
+        """What a dormant object waits for (empty for any other status)."""
+        return Wake.from_outcome(self.wait)
 
     def state_view(self) -> MappingProxyType[str, Any]:
         return MappingProxyType(self.state)

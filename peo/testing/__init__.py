@@ -87,11 +87,10 @@ except ImportError as exc:  # pragma: no cover - hypothesis is a development ext
         "peo.testing needs hypothesis: pip install 'peo[dev]' (or pip install hypothesis)"
     ) from exc
 
-from . import faults
-from .app import App, Handler
-from .client import Client
-from .crypto import Keyring, SigningKey
-from .model import (
+from ..app import App, Handler
+from ..client import Client
+from ..core.crypto import Keyring, SigningKey
+from ..core.model import (
     Action,
     CannotDo,
     Constraints,
@@ -106,10 +105,11 @@ from .model import (
     Step,
     WaitSignal,
 )
-from .node import Node
-from .node._node import _Held
-from .policy import Policy
-from .store import Claim, ObjectRow, Store, make_store
+from ..core.policy import Policy
+from ..node import Node
+from ..node._node import _Held
+from ..store import Claim, ObjectRow, Store, make_store
+from . import faults
 
 __all__ = [
     "NOISE_SIGNAL",
@@ -223,7 +223,7 @@ def proposals(
 ) -> st.SearchStrategy[Proposal]:
     """What a handler may return. ``Delegate`` is drawn only when ``children`` (a
     strategy of intents, e.g. :func:`intents`) is given."""
-    from .model import Delegate
+    from ..core.model import Delegate
 
     state = st.none() | st.dictionaries(st.text(max_size=8), plain_values(max_leaves=4), max_size=3)
     options: list[st.SearchStrategy[Proposal]] = [
@@ -881,7 +881,7 @@ class ResumptionMachine(RuleBasedStateMachine):
 def _decode(row: tuple[bytes, bytes]) -> Entry:
     import hashlib
 
-    from .codec import decode_body
+    from ..core.codec import decode_body
 
     body, sig = row
     return decode_body(body, sig, hashlib.sha256(body).digest())

@@ -50,11 +50,24 @@ class Action(enum.StrEnum):
 
 
 class Status(enum.StrEnum):
+    """Where an object stands. Stored in the object's head; derived from its memory."""
+
     RUNNABLE = "runnable"
     RUNNING = "running"  # runnable and leased by a node right now (derived, never stored)
     DORMANT = "dormant"
     TERMINATED = "terminated"
     QUARANTINED = "quarantined"
+
+    @property
+    def is_final(self) -> bool:
+        """Will an object with this status never act again?"""
+        return self in FINAL_STATUSES
+
+
+#: Objects with these statuses may be claimed and act again.
+LIVE_STATUSES: frozenset[Status] = frozenset({Status.RUNNABLE, Status.DORMANT})
+#: Objects with these statuses never act again (a quarantined one may only be inspected).
+FINAL_STATUSES: frozenset[Status] = frozenset({Status.TERMINATED, Status.QUARANTINED})
 
 
 def _frozen_dict(value: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -1,11 +1,11 @@
 """Chaos runs: several node processes on one store, killed and paused at seeded random
 moments, with a safety checker during the run and a health check after it.
 
-``python -m peo.chaos --store URL --nodes 3 --objects 60 --steps 20 --duration 30 --seed N``
+``python -m peo.testing.chaos --store URL --nodes 3 --objects 60 --steps 20 --duration 30 --seed N``
 
 What happens:
 
-1. ``--nodes`` worker processes start (``python -m peo.chaos --worker ...``: a
+1. ``--nodes`` worker processes start (``python -m peo.testing.chaos --worker ...``: a
    :class:`~peo.node.Node` running :data:`app`), each with its own node id and key.
 2. ``--objects`` objects are submitted in batches spread over the run. Each
    step of an object appends one line ``<object id>:<seq>`` (its idempotency key) to its
@@ -53,8 +53,8 @@ from typing import IO, Any
 
 import attrs
 
-from .app import App
-from .model import Action, Continue, Done, Proposal, Sleep, Step
+from ..app import App
+from ..core.model import Action, Continue, Done, Proposal, Sleep, Step
 
 __all__ = [
     "HANDLER",
@@ -121,14 +121,14 @@ def spawn_worker(
     faults_seed: int = 0,
     output: IO[bytes] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start one node process running :data:`app` (``python -m peo.chaos --worker``)."""
+    """Start one node process running :data:`app` (``python -m peo.testing.chaos --worker``)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PEO_FAULTS", "PEO_FAULTS_SEED")}
     env["PEO_HOME"] = str(home)
     env[LOG_DIR_ENV] = str(log_dir)
     if faults:
         env["PEO_FAULTS"] = faults
         env["PEO_FAULTS_SEED"] = str(faults_seed)
-    cmd = [sys.executable, "-m", "peo.chaos", "--worker", "--store", store, "--node-id", node_id,
+    cmd = [sys.executable, "-m", "peo.testing.chaos", "--worker", "--store", store, "--node-id", node_id,
            "--lease-ttl", str(lease_ttl), "--concurrency", str(concurrency)]
     if until_idle:
         cmd.append("--until-idle")
@@ -256,7 +256,7 @@ def read_effects(log_dir: Path) -> Counter[str]:
 
 async def check_objects(client: Any, ids: Sequence[str], steps: int, log_dir: Path) -> Check:
     """Check objects of the chaos workload (``steps`` steps each) and their side effects."""
-    from .errors import PeoError
+    from ..errors import PeoError
 
     effects = read_effects(log_dir)
     by_object: dict[str, Counter[str]] = {}
@@ -398,10 +398,10 @@ def _secs(value: float | None) -> str:
 
 async def run_chaos(config: ChaosConfig) -> ChaosReport:
     """Run one chaos experiment (see the module docstring) and return its report."""
-    from ._local import keyring_for
-    from .client import Client
-    from .crypto import SigningKey
-    from .policy import Policy
+    from .._local import keyring_for
+    from ..client import Client
+    from ..core.crypto import SigningKey
+    from ..core.policy import Policy
 
     started = time.monotonic()
     workdir = Path(config.workdir or tempfile.mkdtemp(prefix="peo-chaos-"))
@@ -576,8 +576,10 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
 
 
 async def _worker(args: argparse.Namespace) -> int:
-    from .node import Node
+    from ..node import Node
+    from . import faults
 
+    faults.arm_from_environment()  # --faults travels to the workers as PEO_FAULTS
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     node = Node(args.store, app, node_id=args.node_id, concurrency=args.concurrency, lease_ttl=args.lease_ttl,
                 poll_interval=0.02)
@@ -592,7 +594,7 @@ async def _worker(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m peo.chaos",
+        prog="python -m peo.testing.chaos",
         description="Chaos run: node processes killed and paused at seeded random moments, then checked.",
     )
     p.add_argument("--store", metavar="URL", help="store URL (default: an SQLite file in the work directory)")
@@ -643,7 +645,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(report.summary())
         if not report.ok:
-            print(f"  replay: python -m peo.chaos --seed {seed} " + " ".join(_replay_args(args)))
+            print(f"  replay: python -m peo.testing.chaos --seed {seed} " + " ".join(_replay_args(args)))
     return 0 if report.ok else 1
 
 

@@ -17,7 +17,7 @@ import attrs
 import nacl.exceptions
 import nacl.signing
 
-from .errors import IntegrityError, UsageError
+from ..errors import IntegrityError, UsageError
 
 __all__ = ["Keyring", "SigningKey", "is_valid_public_key", "key_id_of"]
 

@@ -1,12 +1,14 @@
-"""Fault points: named places in the node and the stores where a test can inject a crash
-or an error, armed through the environment so that child processes inherit it.
+"""Arming the runtime's fault points (:mod:`peo.faultpoints`) from a test or the chaos tool.
+
+A spec can travel to child processes in the environment; a process arms itself from it only
+when it asks to (:func:`arm_from_environment`, which the chaos worker calls), never on import.
 
 ``PEO_FAULTS="point=action[@probability][#max_hits][,point=action...]"`` with
 ``PEO_FAULTS_SEED=N`` arms them; ``#max_hits`` lets a point fire at most that many times
 (an in-process test injects one error, then watches the recovery). Actions: ``crash``
 (the process dies at once with ``os._exit(137)``, as under kill -9), ``raise`` (a
 :class:`FaultInjected` error is raised at the point). Disarmed, a point costs one global
-boolean check (``if faults.ARMED:``) on the hot path.
+boolean check (``if faultpoints.ARMED:``) on the hot path.
 
 Points: ``node.after_sign`` (entry signed, nothing written), ``store.before_commit``
 (inside the transaction, before COMMIT), ``store.after_commit`` (committed, before the
@@ -20,24 +22,17 @@ from __future__ import annotations
 import os
 import random
 
-from .errors import StoreError
+from .. import faultpoints
+from ..errors import StoreError
+from ..faultpoints import POINTS
 
-__all__ = ["ARMED", "POINTS", "FaultInjected", "arm", "disarm", "hit"]
-
-POINTS = (
-    "node.after_handler",
-    "node.after_sign",
-    "node.before_renew",
-    "store.before_commit",
-    "store.after_commit",
-)
+__all__ = ["POINTS", "FaultInjected", "arm", "arm_from_environment", "disarm", "hits"]
 
 
 class FaultInjected(StoreError):
     """An injected failure (retryable: the caller must cope as with a real one)."""
 
 
-ARMED = False
 _plan: dict[str, tuple[str, float, int | None]] = {}
 _rng = random.Random(0)
 hits: dict[str, int] = {}  # fired faults per point, since the process started
@@ -46,7 +41,6 @@ _fired: dict[str, int] = {}  # fired faults per point, since the last arm()
 
 def arm(spec: str, seed: int = 0) -> None:
     """Arm fault points from a spec string (the format of ``PEO_FAULTS``)."""
-    global ARMED
     plan: dict[str, tuple[str, float, int | None]] = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
         point, _, rest = part.partition("=")
@@ -66,17 +60,26 @@ def arm(spec: str, seed: int = 0) -> None:
     _fired.clear()
     _plan.update(plan)
     _rng.seed(seed)
-    ARMED = bool(plan)
+    if plan:
+        faultpoints.install(_hit)
+    else:
+        faultpoints.uninstall()
 
 
 def disarm() -> None:
-    global ARMED
     _plan.clear()
-    ARMED = False
+    faultpoints.uninstall()
 
 
-def hit(point: str) -> None:
-    """Called at a fault point when ARMED: maybe crash or raise, as planned."""
+def arm_from_environment() -> None:
+    """Arm from ``PEO_FAULTS`` / ``PEO_FAULTS_SEED`` if set (a worker process of a test rig)."""
+    spec = os.environ.get("PEO_FAULTS")
+    if spec:
+        arm(spec, int(os.environ.get("PEO_FAULTS_SEED", "0")))
+
+
+def _hit(point: str) -> None:
+    """Installed at the fault points while armed: maybe crash or raise, as planned."""
     planned = _plan.get(point)
     if planned is None:
         return
@@ -91,6 +94,3 @@ def hit(point: str) -> None:
         os._exit(137)
     raise FaultInjected(f"injected fault at {point}")
 
-
-if os.environ.get("PEO_FAULTS"):
-    arm(os.environ["PEO_FAULTS"], int(os.environ.get("PEO_FAULTS_SEED", "0")))

@@ -19,7 +19,7 @@ import cattrs
 import msgpack
 from cattrs.gen import make_dict_structure_fn
 
-from .errors import CodecError
+from ..errors import CodecError
 from .model import Action, Constraints, Context, Entry, Intent
 
 __all__ = [

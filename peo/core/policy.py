@@ -18,8 +18,8 @@ from typing import Any
 
 import attrs
 
+from ..errors import CodecError, PolicyError
 from .codec import check_name
-from .errors import CodecError, PolicyError
 from .model import Context, Intent
 
 __all__ = ["Policy"]

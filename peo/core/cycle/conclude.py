@@ -1,0 +1,78 @@
+"""conclude: turn a handler's proposal (or the exception it raised) into one Decision (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ...errors import InternalError
+from ..memory import Fold
+from ..model import Action, Signal
+from ..policy import Policy
+from .decision import Decision, check_allowed, signals_out
+from .proposals import PROPOSALS, Rule
+from .turn import Turn, payload_problem
+
+__all__ = ["conclude"]
+
+#: What the failure path may produce for any proposal.
+_FAILURE_ACTIONS = frozenset({Action.EXECUTE, Action.DORMANCY, Action.TERMINATE})
+
+
+def conclude(
+    fold: Fold,
+    policy: Policy,
+    proposal: object,
+    *,
+    now: int,
+    latency_ns: int,
+    signals: Sequence[Signal] = (),
+    child_ids: Sequence[str] = (),
+) -> Decision:
+    """Turn a handler's proposal (or the exception it raised) into one Decision (pure).
+
+    ``signals`` are those delivered to the step (their inbox ids are consumed by the
+    entry); ``child_ids`` are fresh ids for a Delegate proposal, passed in so the core
+    draws no randomness of its own. The proposal's kind picks its function from
+    :data:`~.proposals.PROPOSALS`; the result is checked against that row and the
+    transition table.
+    """
+    base: dict[str, Any] = {"latency": latency_ns}
+    if signals:
+        base["signals"] = signals_out(signals)
+    turn = Turn(fold, policy, now, latency_ns, tuple(signals), tuple(child_ids), base)
+    decision = _conclude(turn, proposal)
+    rule = rule_for(proposal)
+    allowed = _FAILURE_ACTIONS | rule.actions if rule is not None else _FAILURE_ACTIONS
+    if decision.action not in allowed:
+        raise InternalError(f"a {type(proposal).__name__} proposal produced {decision.action}")
+    return check_allowed(fold.status, decision)
+
+
+def rule_for(proposal: object) -> Rule | None:
+    """The table row for ``proposal``'s kind (a subclass of a kind counts as that kind)."""
+    for cls in type(proposal).__mro__:
+        rule = PROPOSALS.get(cls)
+        if rule is not None:
+            return rule
+    return None
+
+
+def _conclude(t: Turn, proposal: object) -> Decision:
+    if isinstance(proposal, BaseException):
+        is_timeout = isinstance(proposal, TimeoutError)
+        return t.fail("timeout" if is_timeout else type(proposal).__name__,
+                      f"{type(proposal).__name__}: {proposal}", retryable=True)
+    rule = rule_for(proposal)
+    if rule is None:
+        return t.invalid(f"handler returned {type(proposal).__name__}, not a peo proposal")
+    state = getattr(proposal, "state", None)
+    if state is not None:
+        if not isinstance(state, dict):
+            return t.invalid("state must be a dict of updates")
+        problem = payload_problem(state, t.policy, "state", 2)
+        if problem:
+            return t.invalid(problem)
+        if state:
+            t.base["state"] = state
+    return rule.conclude(t, proposal)

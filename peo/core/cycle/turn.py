@@ -1,0 +1,128 @@
+"""One step being concluded: what every proposal function reads, and the failure path they share."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from typing import Any
+
+import attrs
+
+from ...errors import CodecError
+from ..codec import DEFAULT_LIMITS, Limits, check_value, packb, structure, unstructure
+from ..memory import Fold
+from ..model import Action, Signal, Status
+from ..policy import Policy
+from ..wake import Wake
+from .decision import Consume, Decision, Effect
+from .plan import terminate
+
+__all__ = ["Turn", "payload_problem", "record_problem"]
+
+#: Outcome statuses of a step whose proposal was not carried out (its state update neither).
+NOT_CARRIED_OUT = ("refused", "invalid")
+
+
+@attrs.frozen
+class Turn:
+    """The step a proposal answers: the object before it, the policy, the time, and the
+    outcome fields every resulting entry starts with (``base``: latency, the signals
+    delivered, and the state update once it is known to be valid)."""
+
+    fold: Fold
+    policy: Policy
+    now: int
+    latency_ns: int
+    signals: tuple[Signal, ...]
+    child_ids: tuple[str, ...]
+    base: dict[str, Any]
+
+    @property
+    def consumed(self) -> tuple[Effect, ...]:
+        """The effect that consumes the signals delivered to this step (none if none)."""
+        ids = tuple(s.id for s in self.signals if s.id)
+        return (Consume(ids),) if ids else ()
+
+    def decide(self, action: Action, after: Status, wake: Wake | None = None, *,
+               effects: tuple[Effect, ...] = (), **extra: Any) -> Decision:
+        """A successful step: ``base`` plus ``status: ok`` (unless ``extra`` says otherwise)
+        plus ``extra``; the object's status ``after`` the entry."""
+        outcome = {**self.base, "status": "ok", **extra}
+        if wake is not None:
+            outcome["wake"] = wake.as_outcome()
+        return Decision(action, outcome, after, wake, (*self.consumed, *effects))
+
+    def end(self, reason: str, **extra: Any) -> Decision:
+        """Terminate, recording ``base`` and ``extra``, consuming the step's signals."""
+        return attrs.evolve(terminate(reason, **{**self.base, **extra}), effects=self.consumed)
+
+    def fail(self, error_class: str, message: str, *, retryable: bool, kind: str = "failed",
+             state: dict[str, Any] | None = None) -> Decision:
+        """A failed step: back off and retry, or end the object past its failure threshold.
+
+        ``kind`` "refused" or "invalid" means the proposal was not carried out: its state
+        update is dropped and a retry is due at once (the handler is asked again).
+        """
+        error = {"class": error_class, "message": message[:2000], "retryable": retryable}
+        extra = {**self.base, "status": "failed", "error": error}
+        if kind in NOT_CARRIED_OUT:
+            extra.pop("state", None)
+        if state:
+            extra["state"] = state
+        fold, policy = self.fold, self.policy
+        failures = fold.consecutive_failures + 1
+        limit = fold.intent.constraints.max_failures
+        if not retryable or failures >= (policy.max_failures if limit is None else limit):
+            why = "failure threshold exceeded" if retryable else "non-retryable failure"
+            return attrs.evolve(terminate(f"failed: {why}", **extra), effects=self.consumed)
+        if kind in NOT_CARRIED_OUT:
+            return Decision(Action.EXECUTE, {**extra, "status": kind}, Status.RUNNABLE, effects=self.consumed)
+        c = fold.intent.constraints
+        delay = policy.backoff_ns(failures, error_class, self.latency_ns, c.retry_base, c.retry_max,
+                                  hashlib.sha256(f"{fold.object_id}:{fold.seq + 1}".encode()).digest())
+        wake = Wake(until=self.now + delay)
+        outcome = {**extra, "wake": wake.as_outcome(), "retry_in": delay}
+        return Decision(Action.DORMANCY, outcome, Status.DORMANT, wake, self.consumed)
+
+    def refuse(self, kind: str, reason: str) -> Decision:
+        """The policy refuses a ``kind`` proposal: recorded, never carried out."""
+        return self.fail("refused", f"{kind} refused by policy {self.policy.name}: {reason}", retryable=True,
+                         kind="refused")
+
+    def invalid(self, problem: str) -> Decision:
+        return self.fail("invalid", problem, retryable=True, kind="invalid")
+
+
+@functools.lru_cache(maxsize=64)
+def _payload_limits(max_bytes: int, nesting: int) -> Limits:
+    return Limits(max_bytes=max_bytes, depth=DEFAULT_LIMITS.depth - nesting)
+
+
+def payload_problem(value: Any, policy: Policy, what: str, nesting: int) -> str | None:
+    """Why ``value`` may not be recorded, if so. ``nesting`` is how deep it sits in the entry
+    body (state: body, outcome, state = 2): verification limits the depth of the whole body,
+    so a value that is fine on its own could otherwise make the object's own entry unreadable."""
+    try:
+        check_value(value, _payload_limits(policy.max_payload_bytes, nesting), what=what)
+        size = len(packb(value))
+    except CodecError as exc:
+        return str(exc)
+    if size > policy.max_payload_bytes:
+        return f"{what} of {size} bytes exceeds the policy limit of {policy.max_payload_bytes}"
+    return None
+
+
+def record_problem(value: Any, cls: type) -> str | None:
+    """Why ``value`` would not read back from memory as a ``cls`` (e.g. a float deadline), if so.
+
+    Every later fold of the chain structures what is recorded here; a value that cannot be
+    structured would make the object's own memory unreadable.
+    """
+    try:
+        data = unstructure(value)
+        check_value(data)
+        structure(data, cls)
+    except CodecError as exc:
+        return str(exc)
+    return None
+
