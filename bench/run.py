@@ -60,6 +60,7 @@ class Job:
     argv: tuple[str, ...]
     peer: bool = False
     postgres: bool = False  # gets its own ?schema= per run
+    tree: str | None = None  # run peo from this source tree (--baseline) instead of the installed one
 
 
 @dataclass
@@ -153,7 +154,8 @@ def run_job(job: Job, pg_url: str | None, workdir: Path, timeout: float) -> dict
         schema = f"bench_{uuid.uuid4().hex[:12]}"
         argv += ["--store", f"{pg_url}?schema={schema}"]
     cwd = Path(tempfile.mkdtemp(prefix="peo-bench-", dir=workdir))
-    env = {**os.environ, "PYTHONPATH": str(WORKLOADS), "PYTHONDONTWRITEBYTECODE": "1"}
+    path = str(WORKLOADS) if job.tree is None else f"{job.tree}{os.pathsep}{WORKLOADS}"
+    env = {**os.environ, "PYTHONPATH": path, "PYTHONDONTWRITEBYTECODE": "1"}
     t0 = time.perf_counter()
     # A session of its own, so that a measurement that hangs is ended with the node processes
     # it started (they share its process group).
@@ -213,7 +215,8 @@ def ratios(summary: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
         peo = systems["peo"].get(key, {}).get("median")
         for system, s in systems.items():
             peer = s.get(key, {}).get("median")
-            if not system.startswith("peo") and peo and peer:
+            # peers, and this tree against the baseline tree (--baseline): peo / peo@base
+            if (not system.startswith("peo") or system == "peo@base") and peo and peer:
                 out.setdefault(workload, {})[system] = peo / peer
     return out
 
@@ -370,6 +373,12 @@ def main() -> int:
         metavar="SIZE=N",
         help="override a size, e.g. --set w5_objects=500 (see Sizes in run.py)",
     )
+    p.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also run peo's own jobs from another source tree (e.g. a git worktree of the previous main),"
+        " as systems named peo...@base, interleaved with this tree's runs",
+    )
     p.add_argument("--timeout", type=float, default=900, help="seconds per measurement")
     p.add_argument("--workdir", help="where stores are created (default: system temp, on disk)")
     p.add_argument("--out", help="JSON file (default bench/results/<timestamp>.json)")
@@ -403,6 +412,13 @@ def main() -> int:
     if args.only:
         wanted = {w.strip().lower() for w in args.only.split(",")}
         selected = [j for j in selected if j.workload.lower() in wanted]
+    if args.baseline:
+        tree = str(Path(args.baseline).resolve())
+        if not (Path(tree) / "peo" / "__init__.py").exists():
+            p.error(f"--baseline {args.baseline}: no peo package there")
+        own = [j for j in selected if not j.peer and j.script == "peo_wl.py"]
+        selected += [dataclasses.replace(j, system=f"{j.system}@base", tree=tree) for j in own]
+        selected.sort(key=lambda j: j.workload)  # each workload's systems side by side
     if not selected:
         log("nothing selected")
         return 2

@@ -1,10 +1,16 @@
 """peo: persistent executable objects for long-running AI agents.
 
-Layers (the core imports nothing from the shell, and does no I/O and no clock reads):
+Layers (docs/architecture.md draws them; the core imports nothing from the shell and does
+no I/O, reads no clock and draws no randomness of its own):
 
-- core: ``model`` (values), ``codec`` (cattrs + msgpack), ``crypto`` (Ed25519),
-  ``memory`` (signed hash chain, fold), ``policy`` (local rules), ``cycle`` (six actions)
-- shell: ``store`` (SQLite, PostgreSQL), ``node`` (the worker), ``client``, ``cli``
+- core (``peo.core``): ``model`` (values), ``codec`` (cattrs + msgpack), ``crypto``
+  (Ed25519), ``memory`` (signed hash chain, fold), ``head`` (an object's head from its
+  memory), ``wake`` (wake rules), ``policy`` (local rules), ``cycle`` (six actions)
+- shell: ``config`` and ``keys`` (settings, files), ``store`` (SQLite, PostgreSQL),
+  ``node`` (the worker, in parts), ``client``, ``cli``
+- rigs: ``peo.testing`` (never imported by the runtime)
+
+This module is the public surface; ``tests/test_public_api.py`` pins ``__all__``.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from .core.model import Entry as Entry
 from .core.model import Fail as Fail
 from .core.model import Intent as Intent
 from .core.model import ObjectInfo as ObjectInfo
+from .core.model import ObjectSummary as ObjectSummary
 from .core.model import Proposal as Proposal
 from .core.model import Refine as Refine
 from .core.model import Signal as Signal
@@ -36,6 +43,7 @@ from .core.policy import Policy as Policy
 from .errors import CodecError as CodecError
 from .errors import ConflictError as ConflictError
 from .errors import IntegrityError as IntegrityError
+from .errors import InternalError as InternalError
 from .errors import LeaseLostError as LeaseLostError
 from .errors import NotFoundError as NotFoundError
 from .errors import ObjectFailedError as ObjectFailedError
@@ -47,12 +55,13 @@ from .errors import UsageError as UsageError
 
 if TYPE_CHECKING:
     from .client import Client as Client
+    from .config import NodeSettings as NodeSettings
     from .node import Node as Node
 
 
 def __getattr__(name: str) -> Any:
     # The shell (client, node: asyncio, stores) loads on first use, so that importing the
-    # pure core (peo.cycle, peo.memory, ...) pulls in no I/O machinery at all.
+    # pure core (peo.core.cycle, peo.core.memory, ...) pulls in no I/O machinery at all.
     if name == "Client":
         from .client import Client
 
@@ -61,6 +70,10 @@ def __getattr__(name: str) -> Any:
         from .node import Node
 
         return Node
+    if name == "NodeSettings":
+        from .config import NodeSettings
+
+        return NodeSettings
     raise AttributeError(f"module 'peo' has no attribute {name!r}")
 
 __version__ = "0.1.0"
@@ -81,11 +94,14 @@ __all__ = [
     "Fail",
     "IntegrityError",
     "Intent",
+    "InternalError",
     "Keyring",
     "LeaseLostError",
+    "NodeSettings",
     "NotFoundError",
     "ObjectFailedError",
     "ObjectInfo",
+    "ObjectSummary",
     "PeoError",
     "Policy",
     "PolicyError",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -21,8 +20,10 @@ from collections import Counter
 from typing import Any
 
 from . import App, CannotDo, Client, Continue, Delegate, Done, Fail, Intent, Node, Refine, Sleep, Step, WaitSignal
-from .core.model import Action
+from .config import DEFAULT_STORE, store_url
+from .core.model import Action, Status
 from .errors import PeoError
+from .node.signals import serve_until_signalled
 
 __all__ = ["app", "main"]
 
@@ -114,14 +115,7 @@ def _worker(argv: list[str]) -> int:
     p.add_argument("--node-id", required=True)
     args = p.parse_args(argv)
     node = Node(args.store, app, node_id=args.node_id, concurrency=8, lease_ttl=1.5)
-
-    async def run() -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, node.stop)
-        await node.run()
-
-    asyncio.run(run())
+    asyncio.run(serve_until_signalled(node))
     return 0
 
 
@@ -156,8 +150,7 @@ async def _run(store: str, kill: bool, timeout: float) -> int:
                 for r in rows:
                     if r.parent in fleet:
                         fleet.add(r.id)
-                now_ns = time.time_ns()
-                statuses = Counter(r.status_at(now_ns) for r in rows)
+                statuses = Counter(str(r.status) for r in rows)
                 steps = sum(r.seq for r in rows)
                 line = " ".join(f"{k}={v}" for k, v in sorted(statuses.items()))
                 if line != last:
@@ -170,12 +163,12 @@ async def _run(store: str, kill: bool, timeout: float) -> int:
                     _say(f"  {killed_at - started:5.1f}s  SIGKILL -> node demo-a (its leases expire in 1.5 s;"
                          " demo-b takes over)")
                 for r in rows:
-                    if r.handler == "approval" and r.status == "dormant" and r.wait_signal == "approve" \
+                    if r.handler == "approval" and r.status is Status.DORMANT and r.waiting_for == "approve" \
                             and r.id not in approved:
                         await client.signal(r.id, "approve", {"approved": True, "by": "a human (the demo)"})
                         approved.add(r.id)
                         _say(f"  {time.monotonic() - started:5.1f}s  a human approves {r.id[:13]}… (signal)")
-                if rows and all(r.status in ("terminated", "quarantined") for r in rows):
+                if rows and all(r.status.is_final for r in rows):
                     break
                 if time.monotonic() - started > timeout:
                     _say(f"the fleet did not finish within {timeout:.0f} s")
@@ -190,34 +183,37 @@ async def _run(store: str, kill: bool, timeout: float) -> int:
                     proc.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-        elapsed = time.monotonic() - started
-        # Verify every chain and gather the figures from the memories themselves.
-        verified, takeovers, actions, steps = 0, 0, Counter[str](), 0
-        for oid in sorted(fleet):
-            await client.verify(oid)
-            verified += 1
-            info = await client.get(oid)
-            writers = [e.origin_node for e in info.memory[1:]]
-            steps += len(writers)
-            actions.update(str(e.action) for e in info.memory[1:])
-            if "demo-a" in writers and "demo-b" in writers[writers.index("demo-a"):]:
-                takeovers += 1
-        done = [await client.get(oid, memory=False) for oid in sorted(fleet)]
-        finished = sum(1 for d in done if d.reason == "done")
-        _say("")
-        _say(f"finished {finished} of {len(done)} objects in {elapsed:.1f} s; {steps} steps recorded")
-        if kill:
-            _say(f"takeovers after the SIGKILL: {takeovers} objects continued by demo-b where demo-a stopped")
-        _say("actions used: " + ", ".join(f"{a} x{actions[str(a)]}" for a in Action if a is not Action.INSTANTIATE))
-        _say(f"every chain verified: {verified} objects, all signatures and hash links intact")
-        flag = "" if store == "sqlite:///peo.db" else f" --store {store}"
-        _say("")
-        _say("try next:")
-        _say(f"  peo{flag} ls")
-        _say(f"  peo{flag} show {ids[10]}")
-        _say(f"  peo{flag} verify")
-        missing = [a for a in Action if a is not Action.INSTANTIATE and actions[str(a)] == 0]
-        return 0 if finished == len(done) and not missing else 1
+        return await _report(client, store, ids, fleet, kill, time.monotonic() - started)
+
+
+async def _report(client: Client, store: str, ids: list[str], fleet: set[str], kill: bool, elapsed: float) -> int:
+    """Verify every chain and say what happened, from the memories themselves."""
+    verified, takeovers, actions, steps = 0, 0, Counter[str](), 0
+    for oid in sorted(fleet):
+        await client.verify(oid)
+        verified += 1
+        info = await client.get(oid)
+        writers = [e.origin_node for e in info.memory[1:]]
+        steps += len(writers)
+        actions.update(str(e.action) for e in info.memory[1:])
+        if "demo-a" in writers and "demo-b" in writers[writers.index("demo-a"):]:
+            takeovers += 1
+    done = [await client.get(oid, memory=False) for oid in sorted(fleet)]
+    finished = sum(1 for d in done if d.reason == "done")
+    _say("")
+    _say(f"finished {finished} of {len(done)} objects in {elapsed:.1f} s; {steps} steps recorded")
+    if kill:
+        _say(f"takeovers after the SIGKILL: {takeovers} objects continued by demo-b where demo-a stopped")
+    _say("actions used: " + ", ".join(f"{a} x{actions[str(a)]}" for a in Action if a is not Action.INSTANTIATE))
+    _say(f"every chain verified: {verified} objects, all signatures and hash links intact")
+    flag = "" if store == DEFAULT_STORE else f" --store {store}"
+    _say("")
+    _say("try next:")
+    _say(f"  peo{flag} ls")
+    _say(f"  peo{flag} show {ids[10]}")
+    _say(f"  peo{flag} verify")
+    missing = [a for a in Action if a is not Action.INSTANTIATE and actions[str(a)] == 0]
+    return 0 if finished == len(done) and not missing else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Run a fleet of sample agents on two node processes, kill one with SIGKILL "
         "mid-run, and show the other take over; ends by verifying every chain.",
     )
-    p.add_argument("--store", default=os.environ.get("PEO_STORE") or "sqlite:///peo.db",
+    p.add_argument("--store", default=store_url(),
                    help="store URL (default: PEO_STORE or sqlite:///peo.db)")
     p.add_argument("--no-kill", action="store_true", help="do not kill a node (for comparison)")
     p.add_argument("--timeout", type=float, default=55.0, help="give up after this many seconds (default 55)")

@@ -13,6 +13,10 @@ from hypothesis import HealthCheck, settings
 REPO = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("PEO_TEST_POSTGRES_URL")
 
+# Every `python -m peo...` a test starts runs the peo of this working tree, never a stale
+# installed copy: child processes inherit PYTHONPATH with the tree first.
+os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+
 settings.register_profile("ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("long", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -24,6 +24,7 @@ __all__ = [
     "Fail",
     "Intent",
     "ObjectInfo",
+    "ObjectSummary",
     "Proposal",
     "Refine",
     "Signal",
@@ -239,6 +240,31 @@ class Step:
     @property
     def idempotency_key(self) -> str:
         return f"{self.object_id}:{self.seq}"
+
+
+@attrs.frozen
+class ObjectSummary:
+    """One object as ``Client.list`` returns it: its head, without the memory.
+
+    ``status`` is as of the read: a runnable object leased by a node is ``running``.
+    ``waiting_for`` names the signal a dormant object waits for, if any.
+    """
+
+    id: str
+    status: Status
+    handler: str
+    seq: int
+    priority: int = 0
+    scope: str = "default"
+    identity: str = "anonymous"
+    parent: str | None = None
+    reason: str | None = None
+    waiting_for: str | None = None
+    waits_for_children: bool = False
+    due_at: int | None = None  # ns since the epoch; None: not due until woken
+    lease_owner: str | None = None
+    created_at: int = 0
+    updated_at: int = 0
 
 
 @attrs.frozen

@@ -1,4 +1,7 @@
-"""Policy: a node's local rules, loaded from a TOML document, evaluated purely.
+"""Policy: a node's local rules, parsed from a TOML document's text, evaluated purely.
+
+Reading a policy file is the shell's (:func:`peo.config.load_policy`,
+:func:`peo.config.default_policy`).
 
 The handler (or an LLM behind it) *proposes*; the policy *authorizes*. Every function here
 returns a reason string when something is refused and ``None`` when it is allowed, so the
@@ -9,11 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import tomllib
 from collections.abc import Iterable
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -142,20 +142,6 @@ class Policy:
             refine_may_relax=relax,
         )
         return policy
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Policy:
-        try:
-            text = Path(path).read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise PolicyError(f"cannot read policy {path}: {exc}") from None
-        return cls.parse(text, source=str(path))
-
-    @classmethod
-    def default(cls) -> Policy:
-        """The built-in copy of ``policies/default.toml``."""
-        text = resources.files("peo").joinpath("default_policy.toml").read_text()
-        return cls.parse(text, source="default policy")
 
     # -- evaluation (pure) ----------------------------------------------------------------
 

@@ -1,5 +1,5 @@
-"""The node: the async shell that runs cycles against a store."""
+"""The node: the async shell that runs cycles against a store (see :mod:`.node`)."""
 
-from ._node import Node as Node
+from .node import Node as Node
 
 __all__ = ["Node"]

@@ -21,9 +21,18 @@ from typing import Any
 import pytest
 
 import peo
-from peo import cli
+from peo import cli, config, keys
+from peo.cli import archive
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def working_tree_env() -> dict[str, str]:
+    """The environment for a subprocess: this working tree first on PYTHONPATH, so that a
+    stale installed copy of peo is never the one tested."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), path]) if path else str(REPO)}
+
 
 APP_SOURCE = '''
 import peo
@@ -209,29 +218,28 @@ def test_a_profile_configures_the_node_and_flags_override_it(
     # The profile's key is not in $PEO_HOME/keys: verification needs the policy to trust it,
     # so the signer of a's steps is the profile key.
     signer = json.loads(ok(capsys, "--store", sqlite_url, "show", a, "--json"))["memory"][1]["signer"]
-    assert signer == peo.SigningKey.load(tmp_path / "keys" / "profile.key").key_id
+    assert signer == keys.load_key_file(tmp_path / "keys" / "profile.key").key_id
 
 
 def test_the_example_profiles_and_policies_load(tmp_path) -> None:
     profiles = sorted((REPO / "nodes").glob("*.toml"))
     assert {p.name for p in profiles} >= {"local.toml", "worker-b.toml"}
     for path in profiles:
-        profile = cli.load_profile(str(path))
-        assert profile["node_id"] and ":" in profile["app"]
-        peo.Policy.load(REPO / profile["policy"])
-    default, strict = peo.Policy.default(), peo.Policy.load(REPO / "policies" / "strict.toml")
+        profile = config.NodeSettings.from_profile(path)
+        assert profile.node_id and profile.app and ":" in profile.app and profile.policy
+        config.load_policy(REPO / profile.policy)
+    default, strict = config.default_policy(), config.load_policy(REPO / "policies" / "strict.toml")
     assert strict.name == "strict"
     assert strict.max_payload_bytes < default.max_payload_bytes
     assert strict.max_failures < default.max_failures
     assert strict.accept_scopes != default.accept_scopes
-    assert peo.Policy.load(REPO / "policies" / "default.toml") == default
+    assert config.load_policy(REPO / "policies" / "default.toml") == default
 
 
 def test_sigterm_stops_a_running_node_gracefully_with_exit_0(sqlite_url, tmp_path, app_module) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(
         [sys.executable, "-m", "peo", "--store", sqlite_url, "node", "--app", "myapp:app", "--node-id", "n1"],
-        cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path, env=working_tree_env(), stderr=subprocess.PIPE, text=True,
     )
     try:
         assert proc.stderr is not None
@@ -255,10 +263,9 @@ def test_a_second_sigterm_abandons_a_step_that_does_not_finish(capsys, sqlite_ur
         "    print('step started', flush=True)\n    time.sleep(600)\n    return peo.Done()\n"
     )
     oid = submit(capsys, sqlite_url, "block")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(
         [sys.executable, "-m", "peo", "--store", sqlite_url, "node", "--app", "blocking:app"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path, env=working_tree_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
         assert proc.stdout is not None and proc.stderr is not None
@@ -333,7 +340,7 @@ def test_verify_passes_then_names_the_seq_of_a_tampered_entry(capsys, sqlite_url
 
 
 def test_verify_reports_progress_on_stderr(capsys, sqlite_url, monkeypatch) -> None:
-    monkeypatch.setattr(cli, "PROGRESS_EVERY", 2)
+    monkeypatch.setattr(archive, "PROGRESS_EVERY", 2)
     for _ in range(5):
         submit(capsys, sqlite_url, "count")
     code, _, err = run(capsys, "--store", sqlite_url, "verify")
@@ -501,9 +508,11 @@ def test_every_verb_has_help_with_examples(capsys) -> None:
 def test_the_console_script_runs(tmp_path) -> None:
     exe = Path(sys.executable).parent / "peo"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "peo"]
-    proc = subprocess.run([*cmd, "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+    env = working_tree_env()
+    proc = subprocess.run([*cmd, "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
     assert proc.returncode == 0
     assert proc.stdout.startswith("usage: peo") and "submit" in proc.stdout
-    proc = subprocess.run([*cmd, "show", "nope"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                          check=False)
+    proc = subprocess.run([*cmd, "show", "nope"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=60, check=False)
     assert proc.returncode == 1 and proc.stderr == "peo: error: no object nope\n"

@@ -18,11 +18,19 @@ SH_BLOCKS = re.findall(r"```sh\n(.*?)```", README, re.S)
 PY_BLOCKS = re.findall(r"```python\n(.*?)```", README, re.S)
 
 
+def working_tree_env() -> dict[str, str]:
+    """The environment for a subprocess: this working tree first on PYTHONPATH, so that a
+    stale installed copy of peo is never the one tested; no store or fault points from outside."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PEO_STORE", "PEO_FAULTS")}
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), path]) if path else str(REPO)
+    return env
+
+
 def run_sh(script: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     if shutil.which("peo") is None:
         pytest.fail("the peo console script is not on PATH: pip install -e '.[dev]' first")
-    env = {k: v for k, v in os.environ.items() if k not in ("PEO_STORE", "PEO_FAULTS")}
-    return subprocess.run(["bash", "-c", "set -euo pipefail\n" + script], cwd=cwd, env=env,
+    return subprocess.run(["bash", "-c", "set -euo pipefail\n" + script], cwd=cwd, env=working_tree_env(),
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -47,7 +55,17 @@ def test_the_cli_tour_runs_as_written(tmp_path: Path) -> None:
 
 def test_the_library_example_runs_as_written(tmp_path: Path) -> None:
     (tmp_path / "example.py").write_text(PY_BLOCKS[0])
-    result = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, env=working_tree_env(),
+                            capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "{'n': 10}"
+
+
+def test_the_background_node_example_in_the_operations_guide_runs_as_written(tmp_path: Path) -> None:
+    guide = (REPO / "docs" / "operations.md").read_text()
+    [example] = [b for b in re.findall(r"```python\n(.*?)```", guide, re.S) if "async with peo.Client" in b]
+    (tmp_path / "example.py").write_text(example)
+    result = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, env=working_tree_env(),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "hello, world"

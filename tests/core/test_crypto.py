@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from peo.core.crypto import _SMALL_ORDER, Keyring, SigningKey, is_valid_public_key, key_id_of, load_public_key
+from peo import keys
+from peo.core.crypto import _SMALL_ORDER, Keyring, SigningKey, is_valid_public_key, key_id_of
 from peo.errors import IntegrityError, UsageError
+from peo.keys import load_public_key
 
 from ._helpers import KEY, OTHER_KEY, SEED
 
@@ -32,21 +34,21 @@ def _mode(path: Path) -> int:
 
 def test_a_saved_key_file_is_readable_by_its_owner_only(tmp_path: Path, open_umask: None) -> None:
     path = tmp_path / "keys" / "node.key"
-    KEY.save(path)
+    keys.save(KEY, path)
     assert _mode(path) == 0o600
     assert (tmp_path / "keys" / "node.key.pub").read_text().split()[1] == KEY.public_key.hex()
 
 
 def test_a_key_created_on_first_use_is_readable_by_its_owner_only(tmp_path: Path, open_umask: None) -> None:
     path = tmp_path / "fresh.key"
-    key = SigningKey.load_or_create(path)
+    key = keys.load_or_create(path)
     assert _mode(path) == 0o600
-    assert SigningKey.load_or_create(path).key_id == key.key_id  # the second call loads it
+    assert keys.load_or_create(path).key_id == key.key_id  # the second call loads it
 
 
 def test_a_saved_key_loads_back_to_the_same_key(tmp_path: Path) -> None:
-    KEY.save(tmp_path / "k")
-    loaded = SigningKey.load(tmp_path / "k")
+    keys.save(KEY, tmp_path / "k")
+    loaded = keys.load_key_file(tmp_path / "k")
     assert (loaded.seed(), loaded.public_key, loaded.key_id) == (SEED, KEY.public_key, KEY.key_id)
     assert loaded.sign(b"m") == KEY.sign(b"m")  # Ed25519 signatures are deterministic
 
@@ -73,12 +75,12 @@ def test_a_key_file_that_cannot_be_loaded_is_a_usage_error(
     elif content is not None:
         path.write_text(content)
     with pytest.raises(UsageError, match=message):
-        SigningKey.load(path)
+        keys.load_key_file(path)
 
 
 def test_a_directory_is_not_a_key_file(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="cannot read key file"):
-        SigningKey.load(tmp_path)
+        keys.load_key_file(tmp_path)
 
 
 @pytest.mark.parametrize("seed", [b"", b"x" * 31, b"x" * 33])
@@ -156,10 +158,10 @@ def test_a_public_key_is_32_bytes(raw: bytes) -> None:
 
 
 def test_a_keyring_trusts_the_pub_files_of_a_directory_and_rereads_it_for_unknown_keys(tmp_path: Path) -> None:
-    KEY.save(tmp_path / "a.key")
-    ring = Keyring.from_directory(tmp_path, ["payments"])
+    keys.save(KEY, tmp_path / "a.key")
+    ring = keys.keyring_from_directory(tmp_path, ["payments"])
     assert ring.key_ids() == [KEY.key_id]
-    OTHER_KEY.save(tmp_path / "b.key")  # created after the keyring was built
+    keys.save(OTHER_KEY, tmp_path / "b.key")  # created after the keyring was built
     ring.verify(OTHER_KEY.key_id, "payments", b"m", OTHER_KEY.sign(b"m"))
     with pytest.raises(IntegrityError, match="not trusted for scope"):
         ring.verify(OTHER_KEY.key_id, "default", b"m", OTHER_KEY.sign(b"m"))
@@ -168,7 +170,7 @@ def test_a_keyring_trusts_the_pub_files_of_a_directory_and_rereads_it_for_unknow
 def test_a_malformed_pub_file_in_a_trusted_directory_is_a_usage_error(tmp_path: Path) -> None:
     (tmp_path / "bad.pub").write_text("peo-ed25519-public-v1\nzz\n")
     with pytest.raises(UsageError, match="malformed public key"):
-        Keyring.from_directory(tmp_path)
+        keys.keyring_from_directory(tmp_path)
 
 
 def test_keys_listed_in_a_policy_are_trusted_for_their_scopes() -> None:
@@ -185,11 +187,11 @@ def test_processes_creating_the_same_key_at_once_all_end_up_with_one_key(tmp_pat
     import subprocess
     import sys
 
-    code = "import sys; from peo.core.crypto import SigningKey; print(SigningKey.load_or_create(sys.argv[1]).key_id)"
+    code = "import sys; from peo import keys; print(keys.load_or_create(sys.argv[1]).key_id)"
     path = tmp_path / "keys" / "node.key"
     procs = [subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
              for _ in range(8)]
     ids = {p.communicate(timeout=60)[0].strip() for p in procs}
     assert all(p.returncode == 0 for p in procs)
-    assert ids == {SigningKey.load(path).key_id}
+    assert ids == {keys.load_key_file(path).key_id}
     assert key_id_of(load_public_key(str(path) + ".pub")) in ids

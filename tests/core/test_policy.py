@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from peo.config import default_policy, load_policy
 from peo.core.model import Context, Intent
 from peo.core.policy import Policy
 from peo.errors import PolicyError
@@ -26,8 +27,8 @@ def test_the_shipped_default_policy_is_the_builtin_copy_byte_for_byte() -> None:
 
 
 def test_the_default_policy_document_states_the_builtin_defaults() -> None:
-    loaded = Policy.load(SHIPPED)
-    assert loaded == Policy.default()
+    loaded = load_policy(SHIPPED)
+    assert loaded == default_policy()
     assert attrs.evolve(loaded, ref=Policy().ref) == Policy()
 
 
@@ -128,17 +129,17 @@ def test_parse_errors_name_the_document_they_come_from() -> None:
 
 def test_a_policy_file_that_cannot_be_read_is_a_policy_error(tmp_path: Path) -> None:
     with pytest.raises(PolicyError, match="cannot read policy"):
-        Policy.load(tmp_path / "missing.toml")
+        load_policy(tmp_path / "missing.toml")
     (tmp_path / "bin.toml").write_bytes(b"\xff\xfe")
     with pytest.raises(PolicyError, match="cannot read policy"):
-        Policy.load(tmp_path / "bin.toml")
+        load_policy(tmp_path / "bin.toml")
 
 
 def test_a_policy_loaded_from_a_file_names_the_file_in_its_errors(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_text("[nope]\n")
     with pytest.raises(PolicyError, match=re.escape(str(path))):
-        Policy.load(path)
+        load_policy(path)
 
 
 # -- evaluation ----------------------------------------------------------------------------------

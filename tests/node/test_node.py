@@ -63,7 +63,7 @@ async def test_many_objects_share_group_commits(sqlite_url: str) -> None:
 async def test_the_memories_of_a_batch_of_claims_are_read_in_one_query(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from peo.store._sqlite import SQLiteStore
+    from peo.store.sqlite import SQLiteStore
 
     calls = {"claim": 0, "entries": 0, "entries_of": 0}  # calls that returned something
     for name in calls:

@@ -28,11 +28,12 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import peo
-from peo._local import keyring_for
+from peo import config
 from peo.core.codec import Limits, check_value, packb, unpackb
 from peo.core.memory import verify_chain
 from peo.core.model import Step
 from peo.errors import CodecError, IntegrityError, PolicyError, UsageError
+from peo.keys import keyring_for
 
 APP = peo.App()
 
@@ -189,7 +190,7 @@ def _world(runner: asyncio.Runner, url: str, n: int = 2, steps: int = 2) -> list
 def test_verify_chain_on_mutated_real_rows(sqlite_url: str, runner: asyncio.Runner) -> None:
     oid = _world(runner, sqlite_url, n=1)[0]
     rows = runner.run(_entries(sqlite_url, oid))
-    ring = keyring_for(peo.Policy.default())
+    ring = keyring_for(config.default_policy())
     assert verify_chain(oid, rows, ring)[0] is not None
 
     @FUZZ

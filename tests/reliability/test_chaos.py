@@ -47,13 +47,15 @@ async def test_kills_and_pauses_on_postgresql_lose_nothing(postgres_url: str, tm
     assert_safe_and_live(report)
 
 
-def test_the_command_with_fault_points_reports_figures_as_json(tmp_path: Path) -> None:
+def test_the_command_with_fault_points_reports_figures_as_json(
+    tmp_path: Path, working_tree_env: dict[str, str]
+) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "peo.testing.chaos", "--json", "--seed", "3", "--nodes", "2", "--objects", "10",
          "--steps", "5", "--duration", "5", "--lease-ttl", "0.5", "--step-ms", "20",
          "--faults", "node.after_handler=crash@0.05,store.after_commit=raise@0.02",
          "--workdir", str(tmp_path / "chaos")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, env=working_tree_env,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(proc.stdout)
@@ -63,8 +65,8 @@ def test_the_command_with_fault_points_reports_figures_as_json(tmp_path: Path) -
     assert report["objects_lost"] == 0 and report["forks"] == 0 and report["unverified"] == 0
 
 
-def test_a_bad_fault_spec_is_a_usage_error() -> None:
+def test_a_bad_fault_spec_is_a_usage_error(working_tree_env: dict[str, str]) -> None:
     proc = subprocess.run([sys.executable, "-m", "peo.testing.chaos", "--faults", "node.nowhere=crash"],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, env=working_tree_env)
     assert proc.returncode == 2
     assert "unknown fault point" in proc.stderr

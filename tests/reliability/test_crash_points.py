@@ -16,10 +16,9 @@ from pathlib import Path
 import pytest
 
 import peo
-from peo._local import keyring_for
-from peo.core.crypto import SigningKey
+from peo import config, keys
 from peo.core.model import Action
-from peo.core.policy import Policy
+from peo.keys import keyring_for
 from peo.testing.chaos import HANDLER, check_objects, read_effects, spawn_worker
 
 STEPS = 8
@@ -60,9 +59,9 @@ MUST_REPEAT = {"node.after_handler", "node.after_sign"}  # hit only with a step 
 
 def client_for(url: str, home: Path) -> peo.Client:
     """A client that trusts the keys the node processes create under ``home``."""
-    key = SigningKey.load_or_create(home / "keys" / "client.key")
-    ring = keyring_for(Policy.default(), key)
-    ring.add_directory(home / "keys")
+    key = keys.load_or_create(home / "keys" / "client.key")
+    ring = keyring_for(config.default_policy(), key)
+    keys.add_directory(ring, home / "keys")
     return peo.Client(url, key=key, keyring=ring)
 
 

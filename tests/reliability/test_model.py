@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 
 import peo
-import peo.node._node as node_module
+import peo.node.worker as worker_module
 from peo.core.model import Action
 from peo.testing import (
     SCRIPT_HANDLER,
@@ -106,26 +106,26 @@ TestCountingResumption.settings = SMALL
 
 
 def test_the_machine_catches_a_node_that_runs_a_committed_step_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_step = node_module.Node._step
+    real_step = worker_module.Worker.step
 
     async def step_twice(self: Any, fold: Any, memory: Any, signals: Any) -> Any:
         await real_step(self, fold, memory, signals)  # a "retry" of an attempt that was fine
         return await real_step(self, fold, memory, signals)
 
-    monkeypatch.setattr(node_module.Node, "_step", step_twice)
+    monkeypatch.setattr(worker_module.Worker, "step", step_twice)
     # Twice per attempt, so 2 runs, or more where the machine also crashed that step.
     with pytest.raises(AssertionError, match=r"side effect of step .* ran [2-9] times"):
         run_resumption_tests(settings=settings(SMALL, max_examples=60, phases=[Phase.generate]))
 
 
 def test_the_machine_catches_a_cycle_that_ignores_cancellation(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_plan = node_module.plan
+    real_plan = worker_module.plan
 
     def plan(fold: Any, policy: Any, **kw: Any) -> Any:
         kw["signals"] = [s for s in kw.get("signals", ()) if s.name != peo.core.model.CANCEL_SIGNAL]
         return real_plan(fold, policy, **kw)
 
-    monkeypatch.setattr(node_module, "plan", plan)
+    monkeypatch.setattr(worker_module, "plan", plan)
     # Caught either as a wrong entry (a step where "cancelled" was due) or, for an object that
     # sleeps through the ignored cancel, as a memory that never reaches "terminate:cancelled".
     with pytest.raises(AssertionError, match=r"not a prefix of what the model expects|stopped short of .*cancelled"):

@@ -30,12 +30,12 @@ import msgpack
 import pytest
 
 import peo
-from peo._local import keyring_for
+from peo import config, keys
 from peo.core.codec import decode_body
-from peo.core.crypto import SigningKey
 from peo.core.memory import make_entry, verify_chain
 from peo.core.model import Action, Step
 from peo.errors import IntegrityError, NotFoundError
+from peo.keys import keyring_for
 
 APP = peo.App()
 
@@ -274,7 +274,7 @@ def _reversed_keys(fields: dict[str, Any]) -> bytes:
 def _append_untrusted(con: sqlite3.Connection, w: World) -> int:
     last_body, _ = get(con, w.victim, LAST)
     forged = make_entry(
-        SigningKey.generate(), seq=LAST + 1, prev=hashlib.sha256(last_body).digest(), timestamp=1,
+        keys.generate(), seq=LAST + 1, prev=hashlib.sha256(last_body).digest(), timestamp=1,
         origin_node="mallory", policy_ref="default@0", action=Action.TERMINATE,
         outcome={"status": "done", "reason": "done", "result": {"n": 999}}, trace_id=w.victim,
     )
@@ -286,7 +286,7 @@ def _append_untrusted(con: sqlite3.Connection, w: World) -> int:
 def _resign_all(con: sqlite3.Connection, w: World) -> int:
     """Replace the object's signer: every entry rebuilt and re-signed by a fresh key, hash
     links recomputed, head updated. Internally perfect; the key is just not trusted."""
-    mallory = SigningKey.generate()
+    mallory = keys.generate()
     prev = None
     for seq in range(LAST + 1):
         body, sig = get(con, w.victim, seq)
@@ -402,7 +402,7 @@ def test_every_single_bit_flip_of_an_entry_is_detected_at_its_seq(tmp_path: Path
     """Exhaustive, on the verifier alone: each bit of one middle entry's body and
     signature, and of the last entry's, flipped in turn."""
     w = build_world(tmp_path)
-    keyring = keyring_for(peo.Policy.default())
+    keyring = keyring_for(config.default_policy())
     rows = [(b, s) for _, b, s, _ in entry_rows(w, w.victim)]
     verify_chain(w.victim, rows, keyring)  # the untouched chain verifies
     flips = 0

@@ -1,6 +1,6 @@
 """The store contract, specified once and run against every backend.
 
-Each test reads as a rule the store promises (see peo/store/_base.py). The ``store_url``
+Each test reads as a rule the store promises (see peo/store/base.py). The ``store_url``
 fixture (tests/conftest.py) runs each test on SQLite and, when PEO_TEST_POSTGRES_URL is
 set, on PostgreSQL in a schema of its own.
 """
@@ -8,23 +8,28 @@ set, on PostgreSQL in a schema of its own.
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import sqlite3
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import attrs
 import pytest
 
+from peo import keys
 from peo.core.codec import packb
-from peo.core.crypto import SigningKey
+from peo.core.head import Head
 from peo.core.memory import genesis, instantiation_outcome, make_entry
-from peo.core.model import CANCEL_SIGNAL, Action, Context, Entry, Intent
+from peo.core.model import CANCEL_SIGNAL, Action, Context, Entry, Intent, Status
+from peo.core.wake import Wake
 from peo.errors import ConflictError, NotFoundError, StoreError, UsageError
 from peo.ids import new_id
-from peo.store import AppendItem, Claim, NewObject, Store, make_store
+from peo.store import AppendItem, Claim, NewObject, Store, open_store
 from peo.testing import faults
 
-KEY = SigningKey.generate()
+KEY = keys.generate()
 T0 = 1_700_000_000_000_000_000  # a fixed "now": stores never read the clock for decisions
 SEC = 1_000_000_000
 LEASE = 10 * SEC
@@ -54,6 +59,14 @@ def next_entry(prev: Entry, action: Action = Action.EXECUTE, **outcome: Any) -> 
     )
 
 
+def head(status: str = "runnable", due_at: int | None = T0, *, wait_signal: str | None = None,
+         wait_children: bool = False, result: Any = None, reason: str | None = None) -> Head:
+    """The head an entry leaves: a dormant one waits until ``due_at`` and/or for a signal
+    and/or for its children."""
+    wake = Wake(due_at, wait_signal, wait_children) if status == "dormant" else None
+    return Head(Status(status), due_at, wake, result=result, reason=reason)
+
+
 class Tracked:
     """An object under test and the last entry written to it."""
 
@@ -63,9 +76,12 @@ class Tracked:
         self.last = obj.entry
 
     def step(self, claim: Claim, *, status: str = "runnable", due_at: int | None = T0,
-             action: Action = Action.EXECUTE, **kw: Any) -> AppendItem:
+             action: Action = Action.EXECUTE, wait_signal: str | None = None, wait_children: bool = False,
+             result: Any = None, reason: str | None = None, **kw: Any) -> AppendItem:
         """The next entry as an append item (call ``advance`` once it committed)."""
-        return AppendItem(self.id, claim.token, next_entry(self.last, action), status, due_at, **kw)
+        after = head(status, due_at, wait_signal=wait_signal, wait_children=wait_children, result=result,
+                     reason=reason)
+        return AppendItem(self.id, claim.token, next_entry(self.last, action), after, **kw)
 
     def advance(self, item: AppendItem) -> None:
         self.last = item.entry
@@ -113,7 +129,7 @@ async def go_dormant(store: Store, t: Tracked, *, wait_signal: str | None = None
 
 @pytest.fixture
 async def store(store_url: str) -> AsyncIterator[Store]:
-    async with make_store(store_url) as s:
+    async with open_store(store_url) as s:
         yield s
 
 
@@ -238,7 +254,7 @@ async def test_claim_skips_excluded_ids(store: Store) -> None:
 
 
 async def test_concurrent_claimers_never_get_the_same_object(store_url: str) -> None:
-    async with make_store(store_url) as one, make_store(store_url) as two:
+    async with open_store(store_url) as one, open_store(store_url) as two:
         objects = [new_object() for _ in range(24)]
         await one.create(objects)
 
@@ -259,7 +275,7 @@ async def test_concurrent_claimers_never_get_the_same_object(store_url: str) -> 
 async def test_append_is_a_compare_and_swap_on_seq_and_lease_token(store: Store) -> None:
     t = await make(store)
     claim = await claim_one(store, t.id)
-    stale = AppendItem(t.id, claim.token, next_entry(next_entry(t.last)), "runnable", T0)  # seq 2, head is 0
+    stale = AppendItem(t.id, claim.token, next_entry(next_entry(t.last)), head())  # seq 2, head is 0
     assert await store.append([stale], now=T0) == [None]
     assert await store.append([t.step(attrs.evolve(claim, token=claim.token + 1))], now=T0) == [None]
     assert (await store.get(t.id)).seq == 0
@@ -300,9 +316,9 @@ async def test_group_append_commits_the_winners_and_skips_the_losers(store: Stor
     a, b, c = [await make(store) for _ in range(3)]
     claims = {cl.id: cl for cl in await store.claim("n", now=T0, lease_ns=LEASE, limit=3, handlers=["work"],
                                                      scopes=None)}
-    loser = AppendItem(b.id, claims[b.id].token + 1, next_entry(b.last), "runnable", T0)
+    loser = AppendItem(b.id, claims[b.id].token + 1, next_entry(b.last), head())
     items = [a.step(claims[a.id]), loser, c.step(claims[c.id], status="terminated", due_at=None,
-                                                  action=Action.TERMINATE, result=packb(7), reason="done")]
+                                                  action=Action.TERMINATE, result=7, reason="done")]
     assert await store.append(items, now=T0) == [0, None, 0]
     assert [(await store.get(t.id)).seq for t in (a, b, c)] == [1, 0, 1]
     assert await store.entry_hash(b.id, 1) is None
@@ -338,8 +354,8 @@ async def test_a_losing_item_creates_no_children(store: Store) -> None:
     parent = await make(store)
     claim = await claim_one(store, parent.id)
     child = new_object(parent=parent.id)
-    item = AppendItem(parent.id, claim.token + 1, next_entry(parent.last, Action.DELEGATE), "dormant", None,
-                      wait_children=True, children=(child,))
+    item = AppendItem(parent.id, claim.token + 1, next_entry(parent.last, Action.DELEGATE),
+                      head("dormant", None, wait_children=True), children=(child,))
     assert await store.append([item], now=T0) == [None]
     with pytest.raises(NotFoundError):
         await store.get(child.id)
@@ -567,8 +583,7 @@ async def test_import_inserts_the_whole_memory_with_the_head_it_folds_to(store: 
     obj = new_object(due_at=T0 - SEC)
     e1 = next_entry(obj.entry)
     e2 = next_entry(e1, Action.DORMANCY)
-    await store.import_object(obj, [e1, e2], status="dormant", due_at=None, wait_signal="go", wait_children=False,
-                              result=None, reason=None, now=T0)
+    await store.import_object(obj, [e1, e2], head("dormant", None, wait_signal="go"), now=T0)
     row = await store.get(obj.id)
     assert (row.seq, row.head, row.status, row.due_at, row.wait_signal, row.updated_at) == (
         2, e2.hash, "dormant", None, "go", T0
@@ -577,8 +592,7 @@ async def test_import_inserts_the_whole_memory_with_the_head_it_folds_to(store: 
     await store.signal(obj.id, "go", None, now=T0 + 1)
     assert await claimable(store, obj.id, now=T0 + 1)
     with pytest.raises(ConflictError):
-        await store.import_object(obj, [], status="runnable", due_at=T0, wait_signal=None, wait_children=False,
-                                  result=None, reason=None, now=T0)
+        await store.import_object(obj, [], head("runnable", T0), now=T0)
 
 
 async def test_list_filters_by_status_and_parent_in_id_order(store: Store) -> None:
@@ -605,15 +619,42 @@ async def test_list_filters_by_status_and_parent_in_id_order(store: Store) -> No
 
 
 async def test_list_running_means_runnable_with_a_live_lease(store: Store) -> None:
-    # "running" is judged against the real clock, so this lease is given a real future.
-    import time
-
-    now = time.time_ns()
+    # "running" is judged at the caller's now: a store never reads the clock.
+    now = T0
     running = await make(store, due_at=now)
     idle = await make(store, due_at=now + 3600 * SEC)
     await claim_one(store, running.id, now=now, lease_ns=3600 * SEC)
-    assert [r.id for r in await store.list(status="running")] == [running.id]
+    assert [r.id for r in await store.list(status="running", now=now)] == [running.id]
     assert idle.id in [r.id for r in await store.list(status="runnable")]
+    assert await store.list(status=Status.RUNNING, now=now + 3600 * SEC) == []  # the lease has lapsed by then
+    with pytest.raises(UsageError, match="now"):
+        await store.list(status="running")
+
+
+async def test_a_head_reads_back_with_its_status_as_a_status(store: Store) -> None:
+    t = await make(store)
+    row = await store.get(t.id)
+    assert row.status is Status.RUNNABLE
+    assert row.status_at(T0 - 1) is Status.RUNNABLE
+    claim = await claim_one(store, t.id)
+    assert (await store.get(t.id)).status_at(T0) is Status.RUNNING
+    await commit(store, t, t.step(claim, status="terminated", due_at=None, action=Action.TERMINATE,
+                                  result={"n": 1}, reason="done", release=True))
+    [row] = await store.list(status=Status.TERMINATED)
+    assert (row.status, row.status_at(T0), row.result, row.reason) == (
+        Status.TERMINATED, Status.TERMINATED, packb({"n": 1}), "done"
+    )
+
+
+async def test_import_writes_a_terminated_head_with_its_result(store: Store) -> None:
+    obj = new_object()
+    e1 = next_entry(obj.entry, Action.TERMINATE)
+    await store.import_object(obj, [e1], head("terminated", None, result=[1, "x"], reason="done"), now=T0 + 1)
+    row = await store.get(obj.id)
+    assert (row.status, row.seq, row.due_at, row.result, row.reason, row.wait_signal, row.wait_children) == (
+        Status.TERMINATED, 1, None, packb([1, "x"]), "done", None, False
+    )
+    assert not await claimable(store, obj.id, now=T0 + 10 * LEASE)
 
 
 # -- opening -----------------------------------------------------------------------------------
@@ -626,7 +667,7 @@ async def versions(url: str) -> list[int]:
             return [r[0] for r in db.execute("SELECT version FROM peo_schema ORDER BY version")]
     import asyncpg
 
-    from peo.store._postgres import parse_postgres_url
+    from peo.store.postgres import parse_postgres_url
 
     dsn, schema, _, _ = parse_postgres_url(url)
     conn = await asyncpg.connect(dsn)
@@ -638,17 +679,17 @@ async def versions(url: str) -> list[int]:
 
 async def test_reopening_a_store_keeps_its_data_and_runs_no_migration_twice(store_url: str) -> None:
     obj = new_object()
-    async with make_store(store_url) as store:
+    async with open_store(store_url) as store:
         await store.create([obj])
     first = await versions(store_url)
     assert first and first == list(range(1, len(first) + 1))
-    async with make_store(store_url) as store:
+    async with open_store(store_url) as store:
         assert (await store.get(obj.id)).head == obj.entry.hash
     assert await versions(store_url) == first
 
 
 async def test_nodes_opening_a_fresh_store_at_once_migrate_it_once(store_url: str) -> None:
-    stores = [make_store(store_url) for _ in range(4)]
+    stores = [open_store(store_url) for _ in range(4)]
     try:
         await asyncio.gather(*(s.open() for s in stores))
         obj = new_object()
@@ -662,7 +703,7 @@ async def test_nodes_opening_a_fresh_store_at_once_migrate_it_once(store_url: st
 
 
 async def test_a_closed_store_raises_store_error(store_url: str) -> None:
-    store = make_store(store_url)
+    store = open_store(store_url)
     with pytest.raises(StoreError):
         await store.get(new_id())
     await store.open()
@@ -671,11 +712,31 @@ async def test_a_closed_store_raises_store_error(store_url: str) -> None:
         await store.list()
 
 
+def test_open_store_returns_an_unopened_store(sqlite_url: str) -> None:
+    store = open_store(sqlite_url)
+    assert store.url == sqlite_url
+    assert not os.path.exists(sqlite_url.removeprefix("sqlite:///"))  # nothing opened yet
+    for bad in ("", "mysql://x", "sqlite:///:memory:"):
+        with pytest.raises(UsageError):
+            open_store(bad)
+
+
+def test_a_postgres_url_without_asyncpg_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    # asyncpg is the "postgres" extra: without it, opening such a URL says what to install.
+    monkeypatch.setitem(sys.modules, "asyncpg", None)  # "import asyncpg" now fails
+    for name in [n for n in sys.modules if n == "peo.store.postgres" or n.startswith("peo.store.postgres.")]:
+        monkeypatch.delitem(sys.modules, name)  # so the backend is imported afresh
+    with pytest.raises(UsageError, match=re.escape("pip install 'peo[postgres]'")):
+        open_store("postgresql://peo@127.0.0.1/peo")
+    assert "peo.store.postgres" not in sys.modules
+    assert open_store("sqlite:///peo.db").url == "sqlite:///peo.db"  # SQLite needs no asyncpg
+
+
 # -- PostgreSQL specifics ----------------------------------------------------------------------
 
 
 async def test_an_unreachable_postgres_server_is_a_clear_store_error() -> None:
-    store = make_store("postgresql://peo@127.0.0.1:1/peo")
+    store = open_store("postgresql://peo@127.0.0.1:1/peo")
     with pytest.raises(StoreError, match=r"127\.0\.0\.1:1") as info:
         await store.open()
     assert info.value.retryable
@@ -684,11 +745,11 @@ async def test_an_unreachable_postgres_server_is_a_clear_store_error() -> None:
 @pytest.mark.parametrize("schema", ["1abc", "a-b", "pg_x", "a;drop", "x" * 60, ""])
 def test_a_bad_postgres_schema_name_is_refused(schema: str) -> None:
     with pytest.raises(UsageError):
-        make_store(f"postgresql://peo@127.0.0.1/peo?schema={schema}")
+        open_store(f"postgresql://peo@127.0.0.1/peo?schema={schema}")
 
 
 def test_the_schema_option_stays_out_of_the_connection_string() -> None:
-    from peo.store._postgres import parse_postgres_url
+    from peo.store.postgres import parse_postgres_url
 
     dsn, schema, host, port = parse_postgres_url("postgresql://u@db.example:6543/x?sslmode=disable&schema=Mine")
     assert (dsn, schema, host, port) == ("postgresql://u@db.example:6543/x?sslmode=disable", "Mine", "db.example",
@@ -698,7 +759,7 @@ def test_the_schema_option_stays_out_of_the_connection_string() -> None:
 
 @pytest.mark.postgres
 async def test_postgres_a_signal_racing_a_dormant_append_is_never_lost(postgres_url: str) -> None:
-    async with make_store(postgres_url) as one, make_store(postgres_url) as two:
+    async with open_store(postgres_url) as one, open_store(postgres_url) as two:
         for i in range(40):
             t = await make(one)
             claim = await claim_one(one, t.id)
@@ -713,7 +774,7 @@ async def test_postgres_a_signal_racing_a_dormant_append_is_never_lost(postgres_
 
 @pytest.mark.postgres
 async def test_postgres_a_child_finishing_while_its_parent_goes_to_sleep_wakes_it(postgres_url: str) -> None:
-    async with make_store(postgres_url) as one, make_store(postgres_url) as two:
+    async with open_store(postgres_url) as one, open_store(postgres_url) as two:
         for i in range(25):
             parent = await make(one)
             pclaim = await claim_one(one, parent.id)
@@ -733,7 +794,7 @@ async def test_postgres_a_child_finishing_while_its_parent_goes_to_sleep_wakes_i
 
 @pytest.mark.postgres
 async def test_postgres_idle_nodes_are_woken_by_notify(postgres_url: str) -> None:
-    async with make_store(postgres_url) as writer, make_store(postgres_url) as idle:
+    async with open_store(postgres_url) as writer, open_store(postgres_url) as idle:
         t = await make(writer)
         await go_dormant(writer, t, wait_signal="go")
         await idle.wait_for_work(0)  # starts listening: nothing has been written since

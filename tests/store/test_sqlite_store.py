@@ -10,7 +10,8 @@ import pytest
 from test_contract import new_object
 
 import peo
-from peo.store import _sqlite, make_store
+from peo.store import open_store
+from peo.store.sqlite import connection, schema
 
 app = peo.App()
 
@@ -81,7 +82,7 @@ async def test_a_store_from_schema_version_2_is_upgraded_with_its_memories_intac
             await client.verify(oid)  # raises if a chain does not verify
     with sqlite3.connect(path) as db:
         assert [r[0] for r in db.execute("SELECT version FROM peo_schema ORDER BY version")] == list(
-            range(1, len(_sqlite._MIGRATIONS) + 1)
+            range(1, len(schema.MIGRATIONS) + 1)
         )
         # Still one entry per (object, seq): the unique index replaced the primary key.
         with pytest.raises(sqlite3.IntegrityError):
@@ -90,7 +91,7 @@ async def test_a_store_from_schema_version_2_is_upgraded_with_its_memories_intac
 
 async def test_a_write_waits_for_another_process_lock_while_the_loop_keeps_running(sqlite_url: str) -> None:
     path = sqlite_url.removeprefix("sqlite:///")
-    async with make_store(sqlite_url) as store:
+    async with open_store(sqlite_url) as store:
         other = sqlite3.connect(path, isolation_level=None)
         try:
             other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
@@ -111,7 +112,7 @@ async def test_a_write_waits_for_another_process_lock_while_the_loop_keeps_runni
 async def test_a_node_waits_for_a_store_another_process_keeps_locked(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(_sqlite, "_BUSY_TIMEOUT_MS", 50)  # give up on the lock quickly
+    monkeypatch.setattr(connection, "BUSY_TIMEOUT_MS", 50)  # give up on the lock quickly
     async with peo.Client(sqlite_url) as client:
         oid = await client.submit("count")
     other = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
@@ -133,7 +134,7 @@ async def test_a_node_waits_for_a_store_another_process_keeps_locked(
 async def test_a_node_stopped_while_waiting_for_its_store_returns(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(_sqlite, "_BUSY_TIMEOUT_MS", 50)
+    monkeypatch.setattr(connection, "BUSY_TIMEOUT_MS", 50)
     async with peo.Client(sqlite_url):
         pass  # the schema exists
     other = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)

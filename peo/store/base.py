@@ -5,8 +5,10 @@ are only ever inserted; the object *head* (seq, head hash, status, due time, lea
 cache of what the entries say and could be rebuilt from them. Every method that writes is
 one transaction: it happens completely or not at all.
 
-Times are integer nanoseconds since the epoch and always passed in by the caller, so a
-store never reads the clock for decisions.
+Times are integer nanoseconds since the epoch and always passed in by the caller: a store
+never reads the clock. The head a write sets is the core's :class:`~peo.core.head.Head`
+(see :func:`~peo.core.head.head_of`), and the wake rules a store applies inside its
+transactions are rendered from :mod:`peo.core.wake`.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from typing import Any
 
 import attrs
 
-from ..core.model import Entry, Signal
+from ..core.head import Head
+from ..core.model import Entry, Signal, Status
 
 __all__ = ["AppendItem", "Claim", "NewObject", "ObjectRow", "Store"]
 
 #: Statuses as stored. "running" is derived: runnable and leased right now.
-STORED_STATUSES = ("runnable", "dormant", "terminated", "quarantined")
+STORED_STATUSES: tuple[Status, ...] = tuple(s for s in Status if s is not Status.RUNNING)
 
 
 @attrs.frozen
@@ -48,7 +51,7 @@ class ObjectRow:
     scope: str
     identity: str
     priority: int
-    status: str
+    status: Status  # as stored: never RUNNING (see status_at)
     seq: int
     head: bytes
     due_at: int | None
@@ -63,9 +66,10 @@ class ObjectRow:
     created_at: int
     updated_at: int
 
-    def status_at(self, now: int) -> str:
-        if self.status == "runnable" and self.lease_until is not None and self.lease_until > now:
-            return "running"
+    def status_at(self, now: int) -> Status:
+        """The status as of ``now``: a runnable object with a live lease is RUNNING."""
+        if self.status is Status.RUNNABLE and self.lease_until is not None and self.lease_until > now:
+            return Status.RUNNING
         return self.status
 
 
@@ -82,25 +86,23 @@ class Claim:
 
 @attrs.frozen
 class AppendItem:
-    """One entry to append under a lease, and the head fields it sets.
+    """One entry to append under a lease, and the head it leaves the object with.
 
     The append is a compare-and-swap on (seq, lease token): it succeeds only if the head
-    is still at ``entry.seq - 1`` and the lease token is still ours.
+    is still at ``entry.seq - 1`` and the lease token is still ours. The store writes the
+    status, due time, wait and outcome of ``head``; a dormant head is made due at once if
+    a wake rule already holds (:func:`peo.core.wake.due_case`). A head without a result
+    or a reason leaves the stored ones as they are.
     """
 
     object_id: str
     token: int
     entry: Entry
-    status: str
-    due_at: int | None
-    wait_signal: str | None = None
-    wait_children: bool = False
+    head: Head
     consumed: tuple[int, ...] = ()
     children: tuple[NewObject, ...] = ()
-    result: bytes | None = None
-    reason: str | None = None
     release: bool = False  # drop the lease in the same transaction
-    parent: str | None = None  # set when this entry terminates a child: its parent is woken
+    parent: str | None = None  # the object's parent, woken (if it waits for children) when this entry ends it
 
 
 class Store(abc.ABC):
@@ -202,9 +204,12 @@ class Store(abc.ABC):
         """The head of one object; NotFoundError if there is none."""
 
     @abc.abstractmethod
-    async def list(self, *, status: str | None = None, limit: int | None = None,
-                   parent: str | None = None) -> list[ObjectRow]:
-        """Heads ordered by id; ``status`` may be "running"."""
+    async def list(self, *, status: Status | str | None = None, limit: int | None = None,
+                   parent: str | None = None, now: int | None = None) -> list[ObjectRow]:
+        """Heads ordered by id, of one ``status`` and/or one ``parent`` if given.
+
+        ``status`` may be "running" (runnable with a lease live at ``now``): it needs
+        ``now``, else UsageError (a store never reads the clock)."""
 
     @abc.abstractmethod
     async def busy(self, *, now: int) -> bool:
@@ -215,21 +220,10 @@ class Store(abc.ABC):
         """The earliest due time of any claimable object (for sleeping until then)."""
 
     @abc.abstractmethod
-    async def import_object(
-        self,
-        obj: NewObject,
-        rest: Sequence[Entry],
-        *,
-        status: str,
-        due_at: int | None,
-        wait_signal: str | None,
-        wait_children: bool,
-        result: bytes | None,
-        reason: str | None,
-        now: int,
-    ) -> None:
+    async def import_object(self, obj: NewObject, rest: Sequence[Entry], head: Head, *, now: int) -> None:
         """Insert an object, its entry 0 (``obj.entry``) and the ``rest`` of its already
-        verified entries in one transaction, with the head they fold to.
+        verified entries in one transaction, with ``head``, the head they fold to (its
+        status, due time, wait and outcome are written as they are).
         Raises ConflictError if the id exists."""
 
     async def wait_for_work(self, timeout: float) -> None:

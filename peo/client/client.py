@@ -1,4 +1,5 @@
-"""The client: submit, signal, get, wait, cancel, list, verify, export and import.
+"""The client: submit, signal, cancel; reads (:mod:`.reads`) and archive operations
+(:mod:`.archive`) are delegated to their own modules.
 
 A client signs each object's entry 0 with its own key (``.peo/keys/client.key`` unless
 given), so the instantiation is as verifiable as every later step.
@@ -6,27 +7,24 @@ given), so the instantiation is as verifiable as every later step.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ._local import keyring_for, load_key
-from .core.codec import Limits, check_name, check_value, packb, structure, unpackb
-from .core.crypto import Keyring, SigningKey
-from .core.memory import Fold, genesis, instantiation_outcome, make_entry, verify_chain
-from .core.model import CANCEL_SIGNAL, Action, Constraints, Context, Entry, Intent, ObjectInfo, Status
-from .core.policy import Policy
-from .errors import CodecError, IntegrityError, ObjectFailedError, PolicyError, TimeoutError, UsageError
-from .ids import new_id
-from .store import NewObject, ObjectRow, Store, make_store
+from ..config import resolve_policy, store_url
+from ..core.codec import Limits, check_name, check_value, packb
+from ..core.crypto import Keyring, SigningKey
+from ..core.memory import genesis, instantiation_outcome, make_entry
+from ..core.model import CANCEL_SIGNAL, Action, Constraints, Context, Intent, ObjectInfo, ObjectSummary
+from ..core.policy import Policy
+from ..errors import CodecError, PolicyError, UsageError
+from ..ids import new_id
+from ..keys import keyring_for, load_key
+from ..store import NewObject, Store, open_store
+from . import archive, reads
 
-__all__ = ["EXPORT_FORMAT", "Client"]
-
-EXPORT_FORMAT = "peo-export"
-# An export holds [body, signature] pairs: 3 items per entry, so a million entries fit.
-_EXPORT_LIMITS = Limits(max_bytes=256 << 20, depth=4, items=3_000_000)
+__all__ = ["Client"]
 
 
 class Client:
@@ -41,16 +39,10 @@ class Client:
         policy: Policy | str | os.PathLike[str] | None = None,
         keyring: Keyring | None = None,
     ):
-        url = store if store is not None else os.environ.get("PEO_STORE") or "sqlite:///peo.db"
-        self.store = make_store(url) if isinstance(url, str) else url
+        self.store = store if isinstance(store, Store) else open_store(store_url(store))
         self._owns_store = not isinstance(store, Store)
         self.identity = identity
-        if policy is None:
-            self.policy = Policy.default()
-        elif isinstance(policy, Policy):
-            self.policy = policy
-        else:
-            self.policy = Policy.load(policy)
+        self.policy = resolve_policy(policy)
         self._key_arg = key
         self._key: SigningKey | None = key if isinstance(key, SigningKey) else None
         self._keyring = keyring
@@ -187,21 +179,16 @@ class Client:
         """Ask for cancellation: the next cycle terminates the object as cancelled."""
         await self.store.signal(object_id, CANCEL_SIGNAL, None, now=time.time_ns())
 
-    # -- reading --------------------------------------------------------------------------
+    # -- reading (see .reads) ----------------------------------------------------------------
 
     async def get(self, object_id: str, *, memory: bool = True) -> ObjectInfo:
         """The object's head and (decoded, not verified: see verify()) memory."""
-        row = await self.store.get(object_id)
-        entries: list[Entry] = []
-        if memory:
-            rows = await self.store.entries(object_id)
-            entries = _decode_all(rows)
-        return _info(row, entries)
+        return await reads.get(self.store, object_id, memory=memory)
 
-    async def list(self, *, status: str | None = None, limit: int | None = None) -> list[ObjectRow]:
-        if status is not None and status not in {s.value for s in Status}:
-            raise UsageError(f"unknown status {status!r}: use one of {', '.join(s.value for s in Status)}")
-        return await self.store.list(status=status, limit=limit)
+    async def list(self, *, status: str | None = None, limit: int | None = None,
+                   parent: str | None = None) -> list[ObjectSummary]:
+        """Objects ordered by id (oldest first); ``status`` may be "running"."""
+        return await reads.list_objects(self.store, status=status, limit=limit, parent=parent)
 
     async def wait(self, object_id: str, timeout: float | None = None, *, poll: float = 0.05) -> Any:
         """Wait until the object terminates; return its result.
@@ -209,120 +196,20 @@ class Client:
         Raises :class:`~peo.errors.ObjectFailedError` if it ended without ``Done`` (failed,
         cancelled, cut off, quarantined) and :class:`~peo.errors.TimeoutError` on timeout.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            row = await self.store.get(object_id)
-            if row.status == "terminated":
-                if row.reason == "done":
-                    return unpackb(row.result) if row.result is not None else None
-                raise ObjectFailedError(object_id, "terminated", row.reason)
-            if row.status == "quarantined":
-                raise ObjectFailedError(object_id, "quarantined", row.reason)
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"object {object_id} is still {row.status} after {timeout} s")
-            await asyncio.sleep(poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic())))
+        return await reads.wait(self.store, object_id, timeout, poll=poll)
+
+    # -- verifying, export and import (see .archive) ---------------------------------------
 
     async def verify(self, object_id: str) -> int:
         """Verify the object's whole chain with this client's keyring; returns the entry
         count. Raises IntegrityError naming the first bad seq."""
-        rows = await self.store.entries(object_id)
-        row = await self.store.get(object_id)
-        head, entries = verify_chain(object_id, rows, self.keyring)
-        if head is None:
-            raise IntegrityError("the object has no entries", object_id=object_id)
-        if head.seq != row.seq or head.hash != row.head:
-            raise IntegrityError(
-                f"the stored head (seq {row.seq}) does not match the memory (seq {head.seq})", object_id=object_id
-            )
-        # The head caches what the memory says; a cache that disagrees was edited.
-        fold = Fold.of(entries)
-        if row.status in ("terminated", "runnable", "dormant") and row.status != str(fold.status):
-            raise IntegrityError(f"the head says {row.status} but the memory says {fold.status}",
-                                 object_id=object_id, seq=head.seq)
-        expected = packb(fold.result) if fold.status is Status.TERMINATED else None
-        if row.result != expected or (fold.status is Status.TERMINATED and row.reason != fold.reason):
-            raise IntegrityError("the head's cached result or reason differs from the memory",
-                                 object_id=object_id, seq=head.seq)
-        return len(entries)
-
-    # -- export and import ------------------------------------------------------------------
+        return await archive.verify(self.store, self.keyring, object_id)
 
     async def export(self, object_id: str) -> bytes:
         """One self-contained file: the object id and its whole memory, as signed."""
-        await self.store.get(object_id)  # NotFoundError for an unknown id
-        rows = await self.store.entries(object_id)
-        return packb({"format": EXPORT_FORMAT, "v": 1, "id": object_id, "entries": [[b, s] for b, s in rows]})
+        return await archive.export(self.store, object_id)
 
     async def import_(self, data: bytes) -> str:
         """Verify an exported object against this client's keyring, then store it.
         A tampered or untrusted file is refused with IntegrityError; nothing is written."""
-        doc = unpackb(data, _EXPORT_LIMITS)
-        if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
-            raise CodecError("not a peo export file")
-        if doc.get("v") != 1:
-            raise CodecError(f"unsupported export version {doc.get('v')!r}")
-        oid, raw = doc.get("id"), doc.get("entries")
-        if not isinstance(oid, str) or not isinstance(raw, list) or not raw:
-            raise CodecError("export file has no id or no entries")
-        rows = []
-        for pair in raw:
-            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, bytes) for x in pair)):
-                raise CodecError("export file entries must be [body, signature] pairs")
-            rows.append((pair[0], pair[1]))
-        _, entries = verify_chain(oid, rows, self.keyring)
-        fold = Fold.of(entries)
-        now = time.time_ns()
-        first = entries[0]
-        ctx = fold.context
-        status, due, wait_signal, wait_children = str(fold.status), None, None, False
-        if fold.status is Status.RUNNABLE:
-            due = now
-        elif fold.status is Status.DORMANT:
-            wait = fold.wait or {}
-            due, wait_signal, wait_children = wait.get("until"), wait.get("signal"), bool(wait.get("children"))
-        result = packb(fold.result) if fold.status is Status.TERMINATED else None
-        await self.store.import_object(
-            NewObject(oid, fold.intent.handler, ctx.trust_scope, ctx.identity, ctx.priority, ctx.parent, first, now),
-            entries[1:], status=status, due_at=due, wait_signal=wait_signal, wait_children=wait_children,
-            result=result, reason=fold.reason, now=now,
-        )
-        return oid
-
-
-def _decode_all(rows: Sequence[tuple[bytes, bytes]]) -> list[Entry]:
-    import hashlib
-
-    from .core.codec import decode_body
-
-    out = []
-    for body, sig in rows:
-        try:
-            out.append(decode_body(body, sig, hashlib.sha256(body).digest()))
-        except CodecError:
-            break  # show what decodes; verify() says what is wrong
-    return out
-
-
-def _info(row: ObjectRow, entries: list[Entry]) -> ObjectInfo:
-    intent, context, state = Intent(row.handler), Context(identity=row.identity, trust_scope=row.scope), {}
-    if entries and entries[0].action is Action.INSTANTIATE:
-        try:
-            fold = Fold.of(entries)
-            intent, context, state = fold.intent, fold.context, dict(fold.state)
-        except (CodecError, KeyError, TypeError, ValueError, IntegrityError):
-            try:
-                intent = structure(entries[0].outcome.get("intent"), Intent)
-                context = structure(entries[0].outcome.get("context"), Context)
-            except CodecError:
-                pass
-    result = None
-    if row.result is not None:
-        try:
-            result = unpackb(row.result)
-        except CodecError:
-            result = None
-    return ObjectInfo(
-        id=row.id, status=Status(row.status_at(time.time_ns())), intent=intent, context=context, seq=row.seq,
-        result=result, reason=row.reason, memory=tuple(entries), state=state,
-    )
-
+        return await archive.import_(self.store, self.keyring, data)

@@ -1,0 +1,159 @@
+"""``peo node``: run a worker node; its app (``--app MODULE:ATTR``) and profile (TOML)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..config import NodeSettings, resolve_policy
+from . import exit_at_once
+from .parser import add_verb, fail, positive_int, positive_seconds, store_url, text_arg
+from .render import clean
+
+if TYPE_CHECKING:
+    from ..app import App
+    from ..core.crypto import SigningKey
+    from ..core.policy import Policy
+    from ..store import Store
+    from .parser import Subparsers
+
+__all__ = ["cmd_node", "load_app", "register"]
+
+_APP_SPEC = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+
+
+def load_app(spec: str) -> App:
+    """Import ``MODULE:ATTR`` (from PYTHONPATH or the current directory); it must be a peo.App."""
+    from ..app import App
+
+    if not _APP_SPEC.match(spec):
+        fail(f"--app {spec!r} must look like MODULE:ATTR, e.g. myagents:app")
+    module_name, _, attr = spec.partition(":")
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)  # like `python -m`: modules in the current directory import
+    importlib.invalidate_caches()
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name or (exc.name and module_name.startswith(exc.name + ".")):
+            fail(f"cannot import module {module_name!r}: not found on PYTHONPATH or in {cwd}")
+        fail(f"importing module {module_name!r} failed: {exc}")
+    except Exception as exc:  # the user's module raised while importing: report, no traceback
+        fail(f"importing module {module_name!r} failed: {type(exc).__name__}: {exc}")
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            fail(f"module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not isinstance(obj, App):
+        fail(f"{spec} is a {type(obj).__name__}, not a peo.App")
+    return obj
+
+
+def _node_key(args: argparse.Namespace, settings: NodeSettings) -> SigningKey:
+    from .. import keys
+
+    if args.key is not None:
+        # An explicit key file must exist: silently creating a new identity for a node
+        # would make its entries unverifiable elsewhere.
+        if not Path(args.key).exists():
+            fail(f"key file {args.key} does not exist (omit --key to use {keys.key_path('node')})")
+        return keys.load_key_file(args.key)
+    if settings.key_file:
+        return keys.load_or_create(settings.key_file)  # a profile's key is created on first use
+    return keys.load_key(None, "node")
+
+
+async def cmd_node(args: argparse.Namespace) -> int:
+    from ..store import open_store
+
+    flags = {"app": args.app, "node_id": args.node_id, "concurrency": args.concurrency,
+             "lease_ttl": args.lease_ttl, "policy": args.policy}
+    settings = (NodeSettings.from_profile(args.profile, **flags) if args.profile
+                else NodeSettings().with_options(**flags))
+    if not settings.app:
+        fail("which handlers should this node run? give --app MODULE:ATTR (or app = ... in the profile)")
+    app = load_app(settings.app)
+    if not app.handlers:
+        fail(f"{settings.app} has no handlers registered")
+    policy = resolve_policy(settings.policy)
+    key = _node_key(args, settings)
+    url = store_url(args, settings.store)
+    store = open_store(url)
+    await store.open()  # an unreachable store is reported before the node says it is serving
+    try:
+        return await _serve(args, store, url, app, settings, policy, key)
+    finally:
+        await store.aclose()
+
+
+async def _serve(args: argparse.Namespace, store: Store, url: str, app: App, settings: NodeSettings,
+                 policy: Policy, key: SigningKey) -> int:
+    from ..node import Node
+    from ..node.signals import serve_until_signalled
+
+    node = Node(store, app, settings, policy=policy, key=key)
+    name = clean(node.node_id)
+
+    def say(what: str) -> None:
+        print(f"peo node {name}: {what}", file=sys.stderr, flush=True)
+
+    mode = "until idle" if args.until_idle else "until stopped (SIGTERM/SIGINT)"
+    serving = (f"serving {', '.join(sorted(app.handlers))} from {clean(url)} {mode}; "
+               f"concurrency {settings.concurrency}, lease TTL {settings.lease_ttl:g} s, policy {policy.ref}, "
+               f"key {key.key_id}")
+    started = time.monotonic()
+    abandoned = False
+    try:
+        # "serving" is said once the signal handlers are in place: whoever waits for this
+        # line may signal the node at once.
+        abandoned = await serve_until_signalled(node, until_idle=args.until_idle, announce=say,
+                                                on_ready=lambda: say(serving))
+    finally:
+        if abandoned:
+            say("abandoned the steps in flight")
+            exit_at_once()
+        s = node.stats
+        say(f"stopped after {time.monotonic() - started:.1f} s: {s['steps']} steps, "
+            f"{s['claims']} claims, {s['quarantined']} quarantined")
+    return 1 if abandoned else 0
+
+
+def _node_parser(sub: Subparsers) -> None:
+    sp = add_verb(sub, "node", "run a worker node",
+                  "Run a stateless node: claim due objects whose handler the app registers and whose trust scope "
+                  "the policy accepts, run cycles, append signed entries. MODULE is imported from PYTHONPATH or "
+                  "the current directory. With --profile, settings come from a node profile (TOML keys: node_id, "
+                  "key_file, store, policy, concurrency, lease_ttl, poll_interval, idle_horizon, app); flags "
+                  "override the profile, and the "
+                  "profile's store overrides $PEO_STORE. Relative paths are relative to the current directory. "
+                  "SIGTERM or SIGINT stops it gracefully (exit 0).",
+                  ["peo node --app myagents:app", "peo node --profile nodes/local.toml --until-idle",
+                   "peo node --app myagents:app --node-id worker-2 --concurrency 64 --policy policies/strict.toml"],
+                  cmd_node)
+    sp.add_argument("--app", metavar="MODULE:ATTR", type=text_arg("--app"), help="the peo.App with the handlers")
+    sp.add_argument("--profile", metavar="FILE", help="node profile (TOML), e.g. nodes/local.toml")
+    sp.add_argument("--node-id", metavar="ID", type=text_arg("node id"),
+                    help="this node's id (default: HOST-PID; reuse it after a restart to reclaim leases at once)")
+    sp.add_argument("--concurrency", type=positive_int, metavar="N", help="objects held at once (default 32)")
+    sp.add_argument("--lease-ttl", type=positive_seconds, metavar="SECONDS",
+                    help="lease time: a crashed node's objects are taken over after it (default 1.5)")
+    sp.add_argument("--policy", metavar="FILE", help="policy document (default: the built-in default policy)")
+    sp.add_argument("--key", metavar="FILE",
+                    help="existing signing key file (default: $PEO_HOME/keys/node.key, created on first use)")
+    sp.add_argument("--until-idle", action="store_true",
+                    help="exit 0 once no object is runnable, leased or due soon")
+
+
+_PARSERS = {"node": _node_parser}
+
+
+def register(sub: Subparsers, verb: str) -> None:
+    _PARSERS[verb](sub)

@@ -1,0 +1,95 @@
+"""Verbs that act on objects: ``peo submit``, ``peo signal``, ``peo cancel``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING
+
+from .parser import add_verb, fail, labels, open_client, parse_json, positive_int, positive_seconds, text_arg
+from .render import clean
+
+if TYPE_CHECKING:
+    from .parser import Subparsers
+
+__all__ = ["cmd_cancel", "cmd_signal", "cmd_submit", "register"]
+
+
+async def cmd_submit(args: argparse.Namespace) -> int:
+    goal = parse_json(args.goal, "--goal") if args.goal is not None else {}
+    if not isinstance(goal, dict):
+        fail("--goal must be a JSON object, e.g. '{\"steps\": 3}'")
+    label_map = labels(args.label or [])
+    async with open_client(args, identity=args.identity) as client:
+        oid = await client.submit(
+            args.handler, goal, priority=args.priority, scope=args.scope, deadline=args.deadline,
+            labels=label_map, max_failures=args.max_failures, max_steps=args.max_steps,
+        )
+    print(oid)
+    return 0
+
+
+async def cmd_signal(args: argparse.Namespace) -> int:
+    payload = parse_json(args.payload, "--payload") if args.payload is not None else None
+    async with open_client(args) as client:
+        await client.signal(args.id, args.name, payload)
+    print(f"signal {clean(args.name)} sent to {clean(args.id)}")
+    return 0
+
+
+async def cmd_cancel(args: argparse.Namespace) -> int:
+    async with open_client(args) as client:
+        info = await client.get(args.id, memory=False)
+        if info.status.is_final:
+            print(f"peo: error: object {clean(args.id)} is already {info.status}: nothing to cancel", file=sys.stderr)
+            return 1
+        await client.cancel(args.id)
+    print(f"cancellation requested for {clean(args.id)} (a node records it on its next cycle)")
+    return 0
+
+
+def _submit_parser(sub: Subparsers) -> None:
+    sp = add_verb(sub, "submit", "create an object; prints its id",
+                  "Create a new object that asks for HANDLER with a goal. Its instantiation entry is signed "
+                  "with the client key. Prints only the new object's id, so it composes in scripts.",
+                  ["peo submit count --goal '{\"steps\": 10}'",
+                   "peo submit research --goal @goal.json --priority 5 --label team=search",
+                   "ID=$(peo submit count --goal '{\"steps\": 3}' --deadline 3600)"], cmd_submit)
+    sp.add_argument("handler", metavar="HANDLER", type=text_arg("handler"), help="capability (handler) name")
+    sp.add_argument("--goal", metavar="JSON", type=text_arg("--goal"),
+                    help="the goal: a JSON object, or @FILE to read it from a file (default: {})")
+    sp.add_argument("--priority", type=int, default=0, metavar="N", help="higher runs first (default 0)")
+    sp.add_argument("--scope", default="default", metavar="NAME", type=text_arg("scope"),
+                    help="trust scope nodes evaluate against their policy (default: default)")
+    sp.add_argument("--deadline", type=positive_seconds, metavar="SECONDS",
+                    help="terminate the object if it has not finished this many seconds from now")
+    sp.add_argument("--label", action="append", metavar="K=V", type=text_arg("label"),
+                    help="a label (repeatable)")
+    sp.add_argument("--identity", default="anonymous", metavar="NAME", type=text_arg("identity"),
+                    help="who submits (policies may accept only some identities; default: anonymous)")
+    sp.add_argument("--max-failures", type=positive_int, metavar="N", help="consecutive failures before it fails")
+    sp.add_argument("--max-steps", type=positive_int, metavar="N", help="step budget")
+
+
+def _signal_parser(sub: Subparsers) -> None:
+    sp = add_verb(sub, "signal", "send a named signal to an object",
+                  "Put a signal with an optional JSON payload in the object's inbox; an object waiting for it wakes.",
+                  ["peo signal 01J0ABC... approve --payload '{\"approved\": true}'"], cmd_signal)
+    sp.add_argument("id", metavar="ID", type=text_arg("object id"))
+    sp.add_argument("name", metavar="NAME", type=text_arg("signal name"))
+    sp.add_argument("--payload", metavar="JSON", type=text_arg("--payload"), help="any JSON value, or @FILE")
+
+
+def _cancel_parser(sub: Subparsers) -> None:
+    sp = add_verb(sub, "cancel", "cancel an object",
+                  "Request cancellation; the next cycle on any node terminates the object as cancelled and "
+                  "records it. Exit 1 if the object has already terminated.",
+                  ["peo cancel 01J0ABC..."], cmd_cancel)
+    sp.add_argument("id", metavar="ID", type=text_arg("object id"))
+
+
+_PARSERS = {"submit": _submit_parser, "signal": _signal_parser, "cancel": _cancel_parser}
+
+
+def register(sub: Subparsers, verb: str) -> None:
+    _PARSERS[verb](sub)

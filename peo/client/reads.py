@@ -1,0 +1,100 @@
+"""Reading objects: one object with its memory, a listing, waiting for an end.
+
+Shared by the Client, the CLI and (later) the dashboard, so that every reader shows the
+same thing: public values (:class:`~peo.ObjectInfo`, :class:`~peo.ObjectSummary`), never
+the store's rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ..core.codec import decode_body, structure, unpackb
+from ..core.memory import Fold
+from ..core.model import Action, Context, Entry, Intent, ObjectInfo, ObjectSummary, Status
+from ..errors import CodecError, IntegrityError, ObjectFailedError, TimeoutError, UsageError
+from ..store import ObjectRow, Store
+
+__all__ = ["get", "list_objects", "summary", "wait"]
+
+
+def summary(row: ObjectRow, now: int) -> ObjectSummary:
+    """The public view of a stored head, its status as of ``now``."""
+    return ObjectSummary(
+        id=row.id, status=row.status_at(now), handler=row.handler, seq=row.seq, priority=row.priority,
+        scope=row.scope, identity=row.identity, parent=row.parent, reason=row.reason, waiting_for=row.wait_signal,
+        waits_for_children=row.wait_children, due_at=row.due_at, lease_owner=row.lease_owner,
+        created_at=row.created_at, updated_at=row.updated_at,
+    )
+
+
+async def list_objects(store: Store, *, status: str | None = None, limit: int | None = None,
+                       parent: str | None = None) -> list[ObjectSummary]:
+    if status is not None and status not in {s.value for s in Status}:
+        raise UsageError(f"unknown status {status!r}: use one of {', '.join(s.value for s in Status)}")
+    now = time.time_ns()
+    rows = await store.list(status=status, limit=limit, parent=parent, now=now)
+    return [summary(r, now) for r in rows]
+
+
+async def get(store: Store, object_id: str, *, memory: bool = True) -> ObjectInfo:
+    """The object's head and (decoded, not verified: see verify()) memory."""
+    row = await store.get(object_id)
+    entries: list[Entry] = []
+    if memory:
+        entries = _decode_all(await store.entries(object_id))
+    return _info(row, entries)
+
+
+async def wait(store: Store, object_id: str, timeout: float | None = None, *, poll: float = 0.05) -> Any:
+    """Wait until the object terminates; return its result (see ``Client.wait``)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        row = await store.get(object_id)
+        if row.status is Status.TERMINATED:
+            if row.reason == "done":
+                return unpackb(row.result) if row.result is not None else None
+            raise ObjectFailedError(object_id, "terminated", row.reason)
+        if row.status is Status.QUARANTINED:
+            raise ObjectFailedError(object_id, "quarantined", row.reason)
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimeoutError(f"object {object_id} is still {row.status} after {timeout} s")
+        await asyncio.sleep(poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic())))
+
+
+def _decode_all(rows: Sequence[tuple[bytes, bytes]]) -> list[Entry]:
+    out = []
+    for body, sig in rows:
+        try:
+            out.append(decode_body(body, sig, hashlib.sha256(body).digest()))
+        except CodecError:
+            break  # show what decodes; verify() says what is wrong
+    return out
+
+
+def _info(row: ObjectRow, entries: list[Entry]) -> ObjectInfo:
+    intent, context, state = Intent(row.handler), Context(identity=row.identity, trust_scope=row.scope), {}
+    if entries and entries[0].action is Action.INSTANTIATE:
+        try:
+            fold = Fold.of(entries)
+            intent, context, state = fold.intent, fold.context, dict(fold.state)
+        except (CodecError, KeyError, TypeError, ValueError, IntegrityError):
+            try:
+                intent = structure(entries[0].outcome.get("intent"), Intent)
+                context = structure(entries[0].outcome.get("context"), Context)
+            except CodecError:
+                pass
+    result = None
+    if row.result is not None:
+        try:
+            result = unpackb(row.result)
+        except CodecError:
+            result = None
+    return ObjectInfo(
+        id=row.id, status=row.status_at(time.time_ns()), intent=intent, context=context, seq=row.seq,
+        result=result, reason=row.reason, memory=tuple(entries), state=state,
+    )

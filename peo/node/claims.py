@@ -1,0 +1,111 @@
+"""Claiming: lease due objects while there is room, start a worker for each, and nap
+until more work may be due; in until-idle mode, notice when nothing is left."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ..errors import StoreError
+from ..store import Claim
+
+if TYPE_CHECKING:
+    from .node import Node
+
+__all__ = ["Claimer"]
+
+log = logging.getLogger("peo.node")
+
+# A batch of claims whose memories hold at most this many entries in all is loaded at once.
+_PREFETCH_ROWS = 4096
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark a helper task's outcome as seen (no 'exception was never retrieved' noise)."""
+    if not task.cancelled():
+        task.exception()
+
+
+class Claimer:
+    def __init__(self, node: Node):
+        self.node = node
+        self.wake = asyncio.Event()  # set when a worker frees room or the node stops
+
+    async def run(self, tg: asyncio.TaskGroup, *, until_idle: bool) -> None:
+        """Claim and start workers until the node stops (or, ``until_idle``, nothing is left)."""
+        node = self.node
+        handlers = sorted(h for h in node.app.handlers if node.policy.accepts_handler(h))
+        scopes = node.policy.scope_filter()
+        idle_checks = 0
+        while not node.stopping:
+            now = node.clock()
+            claims = await self._claim(handlers, scopes, now)
+            if claims is None:
+                await asyncio.sleep(node.settings.poll_interval)
+                continue
+            if claims:
+                await self._start(tg, claims)
+                idle_checks = 0
+                continue
+            if until_idle and not node.leases.held:
+                try:
+                    busy = await node.store.busy(now=now + node.idle_horizon_ns)
+                except StoreError:
+                    busy = True
+                if not busy:
+                    idle_checks += 1
+                    if idle_checks >= 2:  # twice in a row: nothing committed in between
+                        return
+                    continue
+            idle_checks = 0
+            await self._nap(now)
+
+    async def _claim(self, handlers: list[str], scopes: frozenset[str] | None, now: int) -> list[Claim] | None:
+        """Claims for the room there is (None: the store failed, try again after a nap)."""
+        node = self.node
+        room = node.settings.concurrency - len(node.leases.held)
+        if room <= 0 or not handlers:
+            return []
+        try:
+            return await node.store.claim(
+                node.node_id, now=now, lease_ns=node.lease_ns, limit=room, handlers=handlers,
+                scopes=scopes, exclude=tuple(node.leases.held),
+            )
+        except StoreError as exc:
+            log.warning("claim_failed error=%s", exc)
+            return None
+
+    async def _start(self, tg: asyncio.TaskGroup, claims: list[Claim]) -> None:
+        node = self.node
+        for claim in claims:  # held (and so renewed) from here on
+            node.leases.hold(claim)
+            node.stats["claims"] += 1
+        memories: dict[str, list[tuple[bytes, bytes]]] = {}
+        if sum(c.seq + 1 for c in claims) <= _PREFETCH_ROWS:
+            # Short memories of a batch of claims are read in one query, not one each.
+            with contextlib.suppress(StoreError):  # then each worker reads its own
+                memories = await node.store.entries_of([c.id for c in claims])
+        for claim in claims:
+            node.track(tg.create_task(node.worker.work(claim, memories.get(claim.id))))
+
+    async def _nap(self, now: int) -> None:
+        """Sleep until a worker frees room, the next object is due, or a poll interval."""
+        node = self.node
+        delay = node.settings.poll_interval
+        with contextlib.suppress(StoreError):
+            due = await node.store.next_due()
+            if due is not None and due > now:
+                delay = min(delay, max((due - now) / 1e9, 0.001))
+        self.wake.clear()
+        waiter = asyncio.ensure_future(node.store.wait_for_work(delay))
+        woken = asyncio.ensure_future(self.wake.wait())
+        try:
+            await asyncio.wait({waiter, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # Cancel the helpers without awaiting them: awaiting here could swallow a
+            # cancellation of *this* task (e.g. a second SIGTERM) and the node would not stop.
+            for t in (waiter, woken):
+                t.cancel()
+                t.add_done_callback(_retrieve)

@@ -1,0 +1,241 @@
+"""The worker: one held object, cycle after cycle, until it is no longer runnable here.
+
+For each cycle: verify (once, on claim), :func:`~peo.core.cycle.plan`, run the handler if
+the plan says so and :func:`~peo.core.cycle.conclude` its proposal, then carry out the
+Decision in one place (:meth:`Worker.append`): sign the entry, fold it, derive the head
+(:func:`~peo.core.head.head_of`), turn the effects into the store's AppendItem and commit.
+A worker keeps its object while it stays runnable, so a chain of steps costs one claim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from .. import faultpoints
+from ..core.codec import unpackb
+from ..core.cycle import RUN_HANDLER, Child, Consume, Decision, Release, Spawn, conclude, plan
+from ..core.head import head_of
+from ..core.memory import Fold, genesis, instantiation_outcome, make_entry, verify_chain
+from ..core.model import Action, Delegate, Entry, Signal, Status, Step
+from ..core.wake import children_done
+from ..errors import CodecError, IntegrityError, LeaseLostError, StoreError
+from ..ids import new_id
+from ..store import AppendItem, Claim, NewObject
+from .leases import Held
+
+if TYPE_CHECKING:
+    from .node import Node
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("peo.node")
+
+
+class Worker:
+    """Runs the cycles of the objects a node holds (one call of :meth:`work` per claim)."""
+
+    def __init__(self, node: Node):
+        self.node = node
+        self.pool: concurrent.futures.ThreadPoolExecutor | None = None  # for sync handlers
+
+    async def work(self, claim: Claim, rows: list[tuple[bytes, bytes]] | None = None, *, once: bool = False) -> None:
+        """Serve ``claim`` until the object leaves this node (``once``: after one entry)."""
+        node = self.node
+        held = node.leases.held[claim.id]
+        try:
+            await self._serve(claim, held, rows, once)
+        except LeaseLostError:
+            held.released = True  # not ours any more: nothing to release
+        except StoreError as exc:
+            log.warning("object_abandoned id=%s error=%s", claim.id, exc)
+        except Exception:
+            log.exception("node_bug id=%s", claim.id)
+        finally:
+            if not held.released:
+                with contextlib.suppress(Exception):
+                    now = node.clock()
+                    await asyncio.shield(node.store.release(claim.id, held.token, due_at=now, now=now))
+            node.leases.drop(claim.id)
+            node.wake_claimer()
+
+    async def _load(self, claim: Claim, held: Held,
+                    rows: list[tuple[bytes, bytes]] | None) -> tuple[list[Entry], Fold] | None:
+        """The verified memory of ``claim`` and its fold, or None once it was quarantined."""
+        node, oid = self.node, claim.id
+        try:
+            if rows is None:
+                rows = await node.store.entries(oid)
+            _, memory = verify_chain(oid, rows, node.keyring)
+            if not memory or memory[-1].seq != claim.seq or memory[-1].hash != claim.head:
+                last = memory[-1].seq if memory else -1
+                raise IntegrityError(
+                    f"the head (seq {claim.seq}) does not match the memory (which ends at seq {last})",
+                    object_id=oid, seq=claim.seq,
+                )
+            fold = Fold.of(memory)  # an entry 0 whose intent or context does not structure fails here
+        except (IntegrityError, CodecError) as exc:
+            log.error("object_quarantined id=%s reason=%s", oid, exc)
+            node.stats["quarantined"] += 1
+            await node.store.quarantine(oid, f"verification failed: {exc}", now=node.clock())
+            held.released = True
+            return None
+        return memory, fold
+
+    async def _serve(self, claim: Claim, held: Held, rows: list[tuple[bytes, bytes]] | None, once: bool) -> None:
+        node, oid = self.node, claim.id
+        loaded = await self._load(claim, held, rows)
+        if loaded is None:
+            return
+        memory, fold = loaded
+        refusal = node.policy.accepts(fold.intent, fold.context)
+        if refusal is not None:
+            log.info("object_refused id=%s reason=%s", oid, refusal)
+            # Put it back for a node whose policy accepts it; not due at once, or this node
+            # would claim it again straight away.
+            later = node.clock() + 10 * node.lease_ns
+            await node.store.release(oid, held.token, due_at=later, now=node.clock())
+            held.released = True
+            return
+        inbox = claim.inbox
+        while True:
+            if held.lost:
+                raise LeaseLostError(f"lease on {oid} lost")
+            signals: Sequence[Signal] = await node.store.inbox(oid) if inbox else ()
+            finished = False
+            if fold.status is Status.DORMANT and fold.wake.children:
+                finished = children_done(k.status for k in await node.store.list(parent=oid))
+            now = node.clock()
+            decided = plan(fold, node.policy, now=now, signals=signals, children_done=finished)
+            if isinstance(decided, Release):
+                await node.store.release(oid, held.token, due_at=decided.due_at, now=now)
+                held.released = True
+                return
+            decision = await self.step(fold, memory, signals) if decided is RUN_HANDLER else decided
+            assert isinstance(decision, Decision)
+            if held.lost:
+                raise LeaseLostError(f"lease on {oid} lost")
+            left = await self.append(held, fold, memory, decision, signals)
+            if left is None:
+                node.stats["conflicts"] += 1
+                held.released = True
+                return
+            node.stats["steps"] += 1
+            inbox = left
+            if fold.status is not Status.RUNNABLE:
+                held.released = True
+                return
+            if once or node.stopping:
+                await node.store.release(oid, held.token, due_at=node.clock(), now=node.clock())
+                held.released = True
+                return
+
+    async def step(self, fold: Fold, memory: list[Entry], signals: Sequence[Signal]) -> Decision:
+        """Run one handler step and conclude its proposal (or the exception it raised)."""
+        node = self.node
+        handler = node.app.handlers[fold.intent.handler]
+        step = Step(
+            object_id=fold.object_id,
+            seq=fold.seq + 1,
+            intent=fold.intent,
+            context=fold.context,
+            state=fold.state_view(),
+            memory=memory,
+            signals=(*fold.pending_signals, *signals),
+            children=await self._children(fold),
+            attempt=fold.consecutive_failures + 1,
+            cannot_do=frozenset(fold.cannot_do),
+        )
+        timeout = handler.timeout or node.policy.handler_timeout
+        started = time.perf_counter_ns()
+        proposal: object
+        try:
+            # asyncio.timeout, not wait_for: no extra task per step on the hot path.
+            async with asyncio.timeout(timeout):
+                if handler.is_async:
+                    proposal = await handler.fn(step)
+                else:
+                    proposal = await asyncio.get_running_loop().run_in_executor(self.pool, handler.fn, step)
+        except Exception as exc:  # a handler's failure is data for the cycle, not a crash
+            proposal = exc
+        latency = time.perf_counter_ns() - started
+        if faultpoints.ARMED:
+            faultpoints.hit("node.after_handler")
+        child_ids = [new_id() for _ in proposal.children] if isinstance(proposal, Delegate) else []
+        return conclude(fold, node.policy, proposal, now=node.clock(), latency_ns=latency,
+                        signals=signals, child_ids=child_ids)
+
+    async def _children(self, fold: Fold) -> dict[str, Any]:
+        """Each finished child's id mapped to its result (None if it ended without one)."""
+        children: dict[str, Any] = {}
+        if not fold.children:
+            return children
+        for row in await self.node.store.list(parent=fold.object_id):
+            if row.status is not Status.TERMINATED:
+                continue
+            try:
+                children[row.id] = unpackb(row.result) if row.result is not None else None
+            except CodecError:
+                children[row.id] = None
+        return children
+
+    async def append(self, held: Held, fold: Fold, memory: list[Entry], decision: Decision,
+                     signals: Sequence[Signal]) -> int | None:
+        """Carry out ``decision``: sign its entry, fold it, commit it with its effects.
+        Returns the signals left in the inbox, or None if another writer won the seq."""
+        node = self.node
+        try:
+            entry = self._sign(fold, decision)
+        except CodecError as exc:
+            # The proposal passed the policy but its entry as a whole would break the
+            # record limits (e.g. a state and a result each just under the limit):
+            # record a failed step instead, which is small.
+            decision = conclude(fold, node.policy, exc, now=node.clock(), latency_ns=0, signals=signals)
+            entry = self._sign(fold, decision)
+        if faultpoints.ARMED:
+            faultpoints.hit("node.after_sign")
+        parent = fold.context.parent
+        # Folded before the commit, so the head comes from the one head function. If the
+        # commit does not happen the worker stops serving the object and drops this fold.
+        fold.apply(entry)
+        now = node.clock()
+        consumed: tuple[int, ...] = ()
+        children: tuple[NewObject, ...] = ()
+        for effect in decision.effects:
+            if isinstance(effect, Consume):
+                consumed = effect.ids
+            elif isinstance(effect, Spawn):
+                children = tuple(self._child(c, now) for c in effect.children)
+        item = AppendItem(object_id=fold.object_id, token=held.token, entry=entry, head=head_of(fold, now=now),
+                          consumed=consumed, children=children, release=fold.status is not Status.RUNNABLE,
+                          parent=parent)
+        left = await node.commits.commit(item)
+        if left is not None:
+            memory.append(entry)
+        return left
+
+    def _sign(self, fold: Fold, d: Decision) -> Entry:
+        node = self.node
+        return make_entry(
+            node.key, seq=fold.seq + 1, prev=fold.hash, timestamp=node.clock(), origin_node=node.node_id,
+            policy_ref=node.policy.ref, action=d.action, outcome=d.outcome, trace_id=fold.object_id,
+        )
+
+    def _child(self, child: Child, now: int) -> NewObject:
+        node = self.node
+        entry0 = make_entry(
+            node.key, seq=0, prev=genesis(child.id), timestamp=now, origin_node=node.node_id,
+            policy_ref=node.policy.ref, action=Action.INSTANTIATE,
+            outcome=instantiation_outcome(child.id, child.intent, child.context), trace_id=child.id,
+        )
+        return NewObject(
+            id=child.id, handler=child.intent.handler, scope=child.context.trust_scope,
+            identity=child.context.identity, priority=child.context.priority, parent=child.context.parent,
+            entry=entry0, due_at=now,
+        )
+

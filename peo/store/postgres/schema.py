@@ -1,0 +1,87 @@
+"""The PostgreSQL store's schema: its numbered migrations, run once per schema.
+
+Migrations are never renumbered or rewritten: a store records how many have run and an
+existing schema is upgraded in place by the ones it lacks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from ..sql import migrations_to_run
+
+__all__ = ["MIGRATIONS", "migrate"]
+
+# Numbered migrations; the version table records how many have run. ``{s}`` is the
+# quoted schema: DDL names it explicitly because the schema may have been created in the
+# same transaction, and the connection's search_path was fixed before it existed.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE {s}.objects (
+        id TEXT PRIMARY KEY,
+        handler TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        identity TEXT NOT NULL,
+        priority BIGINT NOT NULL,
+        status TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        head BYTEA NOT NULL,
+        due_at BIGINT,
+        lease_owner TEXT,
+        lease_token BIGINT,
+        lease_until BIGINT,
+        parent TEXT,
+        result BYTEA,
+        reason TEXT,
+        wait_signal TEXT,
+        wait_children BOOLEAN NOT NULL DEFAULT false,
+        inbox BIGINT NOT NULL DEFAULT 0,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );
+    -- Only claimable objects have a due time, so claiming never scans dormant-forever
+    -- or finished objects.
+    CREATE INDEX objects_due ON {s}.objects (due_at) WHERE due_at IS NOT NULL;
+    CREATE INDEX objects_parent ON {s}.objects (parent) WHERE parent IS NOT NULL;
+    CREATE INDEX objects_status ON {s}.objects (status);
+    -- busy() asks "is anything leased?": without this it would scan every object.
+    CREATE INDEX objects_lease ON {s}.objects (lease_until) WHERE lease_until IS NOT NULL;
+    CREATE TABLE {s}.entries (
+        object_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        body BYTEA NOT NULL,
+        sig BYTEA NOT NULL,
+        hash BYTEA NOT NULL,
+        PRIMARY KEY (object_id, seq)
+    );
+    CREATE TABLE {s}.inbox (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        object_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        payload BYTEA NOT NULL,
+        created_at BIGINT NOT NULL
+    );
+    CREATE INDEX inbox_object ON {s}.inbox (object_id, id);
+    """,
+]
+
+
+async def migrate(conn: Any, schema: str) -> None:
+    """Create ``schema`` if missing and run the migrations it lacks, inside the caller's
+    transaction on ``conn`` (an asyncpg connection)."""
+    s = f'"{schema}"'
+    # Several nodes may open a fresh database at once: one advisory lock per schema
+    # makes them take turns, so each migration runs exactly once.
+    key = int.from_bytes(hashlib.blake2b(f"peo-migrate:{schema}".encode(), digest_size=8).digest(),
+                         "big", signed=True)
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", key)
+    # Checked first: CREATE SCHEMA IF NOT EXISTS demands the CREATE privilege on
+    # the database even when the schema is there already.
+    if not await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", schema):
+        await conn.execute(f"CREATE SCHEMA {s}")
+    await conn.execute(f"CREATE TABLE IF NOT EXISTS {s}.peo_schema (version INTEGER NOT NULL)")
+    current = await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {s}.peo_schema")
+    for number in migrations_to_run(current, MIGRATIONS):
+        await conn.execute(MIGRATIONS[number].replace("{s}", s))
+        await conn.execute(f"INSERT INTO {s}.peo_schema (version) VALUES ($1)", number + 1)

@@ -1,0 +1,112 @@
+"""The PostgreSQL store's statements, rendered once at import time.
+
+The head writes and wake rules are the shared templates of :mod:`peo.store.sql`, rendered
+with numbered, typed placeholders (``$3::bigint``); they bind the tuples built there, the
+same as the SQLite store's.
+"""
+
+from __future__ import annotations
+
+from .. import sql
+
+__all__ = [
+    "APPEND_HEAD",
+    "BUSY",
+    "CLAIM",
+    "DELETE_CONSUMED",
+    "IMPORT_HEAD",
+    "INSERT_ENTRY",
+    "INSERT_OBJECT",
+    "LOCK",
+    "QUARANTINE",
+    "READS",
+    "RELEASE",
+    "SIGNAL",
+    "WAKE_PARENT",
+]
+
+# The SQL type of each parameter the shared templates name.
+_TYPES = {
+    "id": "text", "handler": "text", "scope": "text", "identity": "text", "parent": "text", "status": "text",
+    "wait_signal": "text", "reason": "text", "name": "text",
+    "priority": "bigint", "seq": "bigint", "prev_seq": "bigint", "due": "bigint", "now": "bigint",
+    "consumed": "bigint", "token": "bigint",
+    "hash": "bytea", "body": "bytea", "sig": "bytea", "result": "bytea",
+    "wait_children": "boolean", "release": "boolean",
+}
+
+
+def _typed(position: int, name: str) -> str:
+    return f"${position}::{_TYPES[name]}"
+
+
+INSERT_OBJECT = sql.insert_object.render(_typed)
+INSERT_ENTRY = sql.insert_entry.render(_typed)
+APPEND_HEAD = sql.append_head.render(_typed)
+RELEASE = sql.release.render(_typed) + " RETURNING due_at"
+SIGNAL = sql.signal_wake.render(_typed) + " RETURNING status, due_at"
+QUARANTINE = sql.quarantine.render(_typed)
+WAKE_PARENT = sql.wake_parent.render(_typed) + " RETURNING id"
+IMPORT_HEAD = sql.import_head.render(_typed)
+
+DELETE_CONSUMED = "DELETE FROM inbox WHERE object_id = $1 AND id = ANY($2::bigint[])"
+
+# Lock the object rows a write is about to decide from, in id order (one fixed order for
+# every multi-row locker, so two transactions never wait for each other in a cycle).
+#
+# Why a separate statement: under READ COMMITTED each statement reads from a snapshot taken
+# when *it* starts. An UPDATE that blocks on a row lock re-reads that row once the lock is
+# free, but its subqueries (EXISTS on the inbox, on the children) still see the statement's
+# old snapshot. So "append: go dormant unless the awaited signal is in the inbox" racing
+# "signal: insert into the inbox, wake the object if dormant" could end with the signal
+# committed, the append's EXISTS blind to it, the signal's update seeing the object still
+# runnable: dormant forever. Taking the row locks first and running the update as a new
+# statement gives that update a snapshot taken after every transaction that held those
+# rows had committed. signal() and child terminations lock the same rows before they write,
+# so each such pair is strictly ordered and whichever runs second sees the first.
+LOCK = "SELECT id, seq, lease_token FROM objects WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE"
+
+# SKIP LOCKED: rows another claimer (or a writer) holds are passed over, so claimers never
+# queue behind each other, and the row locks taken here make each lease exclusive. The CTE
+# is MATERIALIZED so the locking select runs exactly once. Each row gets its own random
+# 62-bit token, joined by rank from an array.
+CLAIM = f"""
+    WITH picked AS MATERIALIZED (
+        SELECT id, priority, due_at FROM objects
+        WHERE due_at <= $1 AND (lease_until IS NULL OR lease_until < $1)
+          AND status IN ({sql.LIVE})
+          AND handler = ANY($3::text[]) AND ($4::text[] IS NULL OR scope = ANY($4::text[]))
+          AND id <> ALL($5::text[])
+        ORDER BY priority DESC, due_at
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED
+    ), ranked AS (
+        SELECT id, row_number() OVER (ORDER BY priority DESC, due_at, id) AS n FROM picked
+    )
+    UPDATE objects o SET lease_owner = $6, lease_token = t.token, lease_until = $7
+    FROM ranked JOIN unnest($8::bigint[]) WITH ORDINALITY AS t(token, n) USING (n)
+    WHERE o.id = ranked.id
+    RETURNING o.id, o.lease_token, o.seq, o.inbox, o.head, ranked.n
+"""
+
+BUSY = (
+    f"SELECT 1 FROM objects WHERE (due_at IS NOT NULL AND due_at <= $1 AND status IN ({sql.LIVE}))"
+    " OR lease_until > $1 LIMIT 1"
+)
+
+
+def _numbered(n: int) -> str:
+    return f"${n}"
+
+
+_ENTRIES_OF = "SELECT object_id, body, sig FROM entries WHERE object_id = ANY($1::text[]) ORDER BY object_id, seq"
+
+
+def _entries_of(ids: list[str]) -> tuple[str, tuple[list[str]]]:
+    return _ENTRIES_OF, (ids,)
+
+
+READS = sql.Reads(
+    _numbered, entries_of=_entries_of,
+    next_due=f"SELECT min(due_at) FROM objects WHERE due_at IS NOT NULL AND status IN ({sql.LIVE})",
+)

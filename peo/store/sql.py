@@ -1,0 +1,378 @@
+r"""What the SQLite and PostgreSQL stores share: the head's columns, the statements that
+write heads and apply the wake rules, the reads, and the reading of result rows.
+
+The statements that decide when an object is due are written once, here, as
+:class:`Template`\ s that name their parameters in the text (``p("now")``) and bind them
+by position, in the order the template declares. Each dialect renders them once at import
+time with its own numbered placeholders (``?3`` for SQLite, ``$3::bigint`` for PostgreSQL)
+and binds the same tuples, built by :func:`append_values` and friends. Their wake rules
+come from :mod:`peo.core.wake`, so the store and the core cannot disagree about when an
+object wakes. What differs between the dialects (claims, locking, migrations,
+notifications) stays in each dialect's package.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, ClassVar
+
+from ..core.codec import unpackb
+from ..core.head import Head
+from ..core.model import Entry, Signal, Status
+from ..core.wake import child_end_wakes, due_case, final_statuses_sql, live_statuses_sql, signal_wakes
+from ..errors import CodecError, NotFoundError, StoreError, UsageError
+from .base import STORED_STATUSES, AppendItem, NewObject, ObjectRow, Store
+
+__all__ = [
+    "COLUMNS",
+    "DROP_LEASE",
+    "FINAL",
+    "LIVE",
+    "PARENT_WAKES",
+    "Param",
+    "Placeholder",
+    "Reads",
+    "SQLStore",
+    "Template",
+    "append_head",
+    "append_values",
+    "blob",
+    "entry_values",
+    "import_head",
+    "import_values",
+    "insert_entry",
+    "insert_object",
+    "is_due",
+    "list_query",
+    "memories",
+    "migrations_to_run",
+    "object_row",
+    "object_values",
+    "parent_to_wake",
+    "quarantine",
+    "release",
+    "signal_wake",
+    "signals",
+    "wake_parent",
+]
+
+#: A template's placeholder for one named parameter, in the dialect being rendered.
+Param = Callable[[str], str]
+#: A dialect's placeholder for the parameter at a position (from 1) with a name.
+Placeholder = Callable[[int, str], str]
+
+#: The head's columns in the order :func:`object_row` reads them.
+COLUMNS = (
+    "id, handler, scope, identity, priority, status, seq, head, due_at, lease_owner, lease_until,"
+    " parent, result, reason, wait_signal, wait_children, inbox, created_at, updated_at"
+)
+
+#: ``'runnable', 'dormant'``: objects that may be claimed.
+LIVE = live_statuses_sql()
+#: ``'terminated', 'quarantined'``: objects that never act again.
+FINAL = final_statuses_sql()
+#: The object (a parent) is woken by the end of one of its children.
+PARENT_WAKES = child_end_wakes(status="status", children="wait_children")
+DROP_LEASE = "lease_owner = NULL, lease_token = NULL, lease_until = NULL"
+REASON_LIMIT = 2000  # characters of a quarantine reason that are kept
+
+_STATUS = {s.value: s for s in STORED_STATUSES}
+
+
+# -- statements, as templates over named parameters ------------------------------------------
+
+
+class Template:
+    """An SQL statement whose text names its parameters and whose values are bound by
+    position, in ``params`` order."""
+
+    __slots__ = ("params", "text")
+
+    def __init__(self, params: tuple[str, ...], text: Callable[[Param], str]):
+        self.params = params
+        self.text = text
+
+    def render(self, placeholder: Placeholder) -> str:
+        """The statement in one dialect (every parameter must be used)."""
+        used: set[str] = set()
+
+        def param(name: str) -> str:
+            used.add(name)
+            return placeholder(self.params.index(name) + 1, name)
+
+        rendered = self.text(param)
+        if used != set(self.params):
+            raise AssertionError(f"template {self.text.__name__}: unused parameters {set(self.params) - used}")
+        return rendered
+
+
+def _template(*params: str) -> Callable[[Callable[[Param], str]], Template]:
+    def make(text: Callable[[Param], str]) -> Template:
+        return Template(params, text)
+
+    return make
+
+
+@_template("id", "handler", "scope", "identity", "priority", "hash", "due", "parent")
+def insert_object(p: Param) -> str:
+    """A new object's head: runnable at seq 0, due at ``due`` (values: :func:`object_values`)."""
+    return (
+        "INSERT INTO objects (id, handler, scope, identity, priority, status, seq, head, due_at, parent,"
+        f" created_at, updated_at) VALUES ({p('id')}, {p('handler')}, {p('scope')}, {p('identity')},"
+        f" {p('priority')}, '{Status.RUNNABLE}', 0, {p('hash')}, {p('due')}, {p('parent')}, {p('due')}, {p('due')})"
+    )
+
+
+@_template("id", "seq", "body", "sig", "hash")
+def insert_entry(p: Param) -> str:
+    """One entry row (values: :func:`entry_values`)."""
+    return (
+        "INSERT INTO entries (object_id, seq, body, sig, hash)"
+        f" VALUES ({p('id')}, {p('seq')}, {p('body')}, {p('sig')}, {p('hash')})"
+    )
+
+
+@_template("id", "seq", "prev_seq", "hash", "status", "due", "wait_signal", "wait_children", "result", "reason",
+           "consumed", "now", "release", "token")
+def append_head(p: Param) -> str:
+    """The head update of one append, a compare-and-swap on (seq, lease token). A dormant
+    head is due now if a wake rule already holds (a signal or a child's end committed
+    before the wait began is never slept through), else at its time trigger. Returns the
+    inbox count and the due time it wrote (values: :func:`append_values`)."""
+    due = due_case(id=p("id"), status=p("status"), signal=p("wait_signal"), children=p("wait_children"),
+                   now=p("now"), due=p("due"))
+    lease = ", ".join(f"{c} = CASE WHEN {p('release')} THEN NULL ELSE {c} END"
+                      for c in ("lease_owner", "lease_token", "lease_until"))
+    return (
+        f"UPDATE objects SET seq = {p('seq')}, head = {p('hash')}, status = {p('status')}, due_at = {due},"
+        f" wait_signal = {p('wait_signal')}, wait_children = {p('wait_children')},"
+        f" result = coalesce({p('result')}, result), reason = coalesce({p('reason')}, reason),"
+        f" inbox = inbox - {p('consumed')}, updated_at = {p('now')}, {lease}"
+        f" WHERE id = {p('id')} AND seq = {p('prev_seq')} AND lease_token = {p('token')}"
+        " RETURNING inbox, due_at"
+    )
+
+
+@_template("id", "token", "due", "now")
+def release(p: Param) -> str:
+    """Drop a lease without appending: a runnable object becomes due at ``due`` (if given),
+    a dormant one at ``due`` unless a wake rule already holds (then now)."""
+    due = due_case(id=p("id"), status="status", signal="objects.wait_signal", children="wait_children",
+                   now=p("now"), due=p("due"), runnable=f"coalesce({p('due')}, due_at)", final="due_at")
+    return f"UPDATE objects SET due_at = {due}, {DROP_LEASE} WHERE id = {p('id')} AND lease_token = {p('token')}"
+
+
+@_template("id", "name", "now")
+def signal_wake(p: Param) -> str:
+    """Count a new signal in the inbox and wake the object if it waits for it."""
+    wakes = signal_wakes(status="status", waiting_for="wait_signal", name=p("name"))
+    return (
+        f"UPDATE objects SET inbox = inbox + 1, due_at = CASE WHEN {wakes} THEN {p('now')} ELSE due_at END"
+        f" WHERE id = {p('id')}"
+    )
+
+
+@_template("id", "reason", "now")
+def quarantine(p: Param) -> str:
+    return (
+        f"UPDATE objects SET status = '{Status.QUARANTINED}', reason = {p('reason')}, due_at = NULL, {DROP_LEASE},"
+        f" updated_at = {p('now')} WHERE id = {p('id')}"
+    )
+
+
+@_template("parent", "now")
+def wake_parent(p: Param) -> str:
+    """A child has ended (or was quarantined): its parent, if it waits for children, is due."""
+    return f"UPDATE objects SET due_at = {p('now')} WHERE id = {p('parent')} AND {PARENT_WAKES}"
+
+
+@_template("id", "seq", "hash", "status", "due", "wait_signal", "wait_children", "result", "reason", "now")
+def import_head(p: Param) -> str:
+    """The head of an imported object (values: :func:`import_values`)."""
+    return (
+        f"UPDATE objects SET seq = {p('seq')}, head = {p('hash')}, status = {p('status')}, due_at = {p('due')},"
+        f" wait_signal = {p('wait_signal')}, wait_children = {p('wait_children')}, result = {p('result')},"
+        f" reason = {p('reason')}, updated_at = {p('now')} WHERE id = {p('id')}"
+    )
+
+
+# -- the values those statements bind, in their templates' order -----------------------------
+
+
+def object_values(o: NewObject) -> tuple[Any, ...]:
+    return o.id, o.handler, o.scope, o.identity, o.priority, o.entry.hash, o.due_at, o.parent
+
+
+def entry_values(object_id: str, e: Entry) -> tuple[Any, ...]:
+    return object_id, e.seq, e.body, e.signature, e.hash
+
+
+def append_values(item: AppendItem, now: int) -> tuple[Any, ...]:
+    """The values of :data:`append_head` for ``item``: its entry and the head it leaves."""
+    e, h = item.entry, item.head
+    return (item.object_id, e.seq, e.seq - 1, e.hash, h.status.value, h.due_at, h.wait_signal, h.wait_children,
+            h.result_bytes(), h.reason, len(item.consumed), now, item.release, item.token)
+
+
+def import_values(obj: NewObject, last: Entry, head: Head, now: int) -> tuple[Any, ...]:
+    """The values of :data:`import_head`: ``head`` after the ``last`` entry."""
+    return (obj.id, last.seq, last.hash, head.status.value, head.due_at, head.wait_signal, head.wait_children,
+            head.result_bytes(), head.reason, now)
+
+
+def parent_to_wake(item: AppendItem) -> str | None:
+    """The parent to wake when ``item`` ends a child (a final head), else None."""
+    return item.parent if item.parent is not None and item.head.status.is_final else None
+
+
+def is_due(due_at: int | None, now: int) -> bool:
+    return due_at is not None and due_at <= now
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+def blob(value: Any) -> bytes | None:
+    """A BLOB cell as bytes. A cell of another type can only come from an edit behind peo's
+    back: its text becomes bytes that then fail verification or decoding, never a crash."""
+    if value is None or isinstance(value, bytes):
+        return value
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    return str(value).encode("utf-8", "surrogatepass")
+
+
+def object_row(r: Sequence[Any]) -> ObjectRow:
+    """An :class:`ObjectRow` from a row of :data:`COLUMNS`."""
+    status = _STATUS.get(r[5])
+    if status is None:  # only an edit behind peo's back writes another status
+        raise StoreError(f"object {r[0]} has an unknown status {r[5]!r} in the store", retryable=False)
+    return ObjectRow(
+        id=r[0], handler=r[1], scope=r[2], identity=r[3], priority=r[4], status=status, seq=r[6],
+        head=blob(r[7]) or b"", due_at=r[8], lease_owner=r[9], lease_until=r[10], parent=r[11],
+        result=blob(r[12]), reason=r[13], wait_signal=r[14],
+        wait_children=bool(r[15]), inbox=r[16], created_at=r[17], updated_at=r[18],
+    )
+
+
+def list_query(param: Callable[[int], str], *, status: Status | str | None, limit: int | None,
+               parent: str | None, now: int | None) -> tuple[str, list[Any]]:
+    """The query of :meth:`Store.list` and its arguments; ``param(n)`` is the placeholder
+    of the n-th argument (from 1)."""
+    where: list[str] = []
+    args: list[Any] = []
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return param(len(args))
+
+    if status == Status.RUNNING:
+        if now is None:
+            raise UsageError("listing running objects needs now= (a store never reads the clock)")
+        where.append(f"status = '{Status.RUNNABLE}' AND lease_until > {arg(now)}")
+    elif status is not None:
+        where.append(f"status = {arg(str(status))}")
+    if parent is not None:
+        where.append(f"parent = {arg(parent)}")
+    query = f"SELECT {COLUMNS} FROM objects"
+    if where:
+        query += " WHERE " + " AND ".join(where)
+    query += " ORDER BY id"
+    if limit is not None:
+        query += f" LIMIT {int(limit)}"
+    return query, args
+
+
+def memories(object_ids: Iterable[str], rows: Iterable[Sequence[Any]]) -> dict[str, list[tuple[bytes, bytes]]]:
+    """(object_id, body, sig) rows in seq order, grouped by object, in ``object_ids`` order
+    (an object without rows maps to an empty list)."""
+    out: dict[str, list[tuple[bytes, bytes]]] = {oid: [] for oid in object_ids}
+    for oid, body, sig in rows:
+        out[oid].append((blob(body) or b"", blob(sig) or b""))
+    return out
+
+
+def signals(rows: Iterable[Sequence[Any]]) -> list[Signal]:
+    """Inbox rows (id, name, payload) as signals."""
+    out = []
+    for sid, name, payload in rows:
+        try:
+            value = unpackb(blob(payload) or b"")
+        except CodecError:
+            value = None  # written by peo itself; a corrupt payload is delivered as None
+        out.append(Signal(name, value, sid))
+    return out
+
+
+def migrations_to_run(current: int, migrations: Sequence[Any]) -> range:
+    """The numbers (from 0) of the migrations a store at version ``current`` still needs."""
+    if current > len(migrations):
+        raise StoreError(
+            f"store schema version {current} is newer than this peo supports ({len(migrations)})", retryable=False
+        )
+    return range(current, len(migrations))
+
+
+# -- the reads both dialects make alike ------------------------------------------------------
+
+
+class Reads:
+    """The read queries of :class:`SQLStore`, rendered once with one dialect's placeholders
+    (``param(n)``: the n-th argument, from 1)."""
+
+    def __init__(self, param: Callable[[int], str], *, next_due: str,
+                 entries_of: Callable[[list[str]], tuple[str, Sequence[Any]]]):
+        self.param = param
+        # The (object_id, body, sig) rows of several objects in (object_id, seq) order:
+        # the query and its arguments for a list of ids (each dialect binds a list its way).
+        self.entries_of = entries_of
+        self.get = f"SELECT {COLUMNS} FROM objects WHERE id = {param(1)}"
+        self.entries = f"SELECT body, sig FROM entries WHERE object_id = {param(1)} AND seq > {param(2)} ORDER BY seq"
+        self.entry_hash = f"SELECT hash FROM entries WHERE object_id = {param(1)} AND seq = {param(2)}"
+        self.inbox = f"SELECT id, name, payload FROM inbox WHERE object_id = {param(1)} ORDER BY id"
+        self.next_due = next_due  # the earliest due time of a live object (each dialect's own plan)
+
+
+class SQLStore(Store):
+    """The contract's plain reads, the same in both dialects: a dialect gives its rendered
+    :class:`Reads` and how to run a read (``_read``)."""
+
+    reads: ClassVar[Reads]
+
+    @abc.abstractmethod
+    async def _read(self, query: str, args: Sequence[Any] = ()) -> list[Any]:
+        """The rows of one read-only query."""
+
+    async def get(self, object_id: str) -> ObjectRow:
+        rows = await self._read(self.reads.get, (object_id,))
+        if not rows:
+            raise NotFoundError(f"no object {object_id}")
+        return object_row(rows[0])
+
+    async def entries(self, object_id: str, after: int = -1) -> list[tuple[bytes, bytes]]:
+        rows = await self._read(self.reads.entries, (object_id, after))
+        return [(blob(body) or b"", blob(sig) or b"") for body, sig in rows]
+
+    async def entries_of(self, object_ids: Sequence[str]) -> dict[str, list[tuple[bytes, bytes]]]:
+        ids = list(dict.fromkeys(object_ids))
+        if not ids:
+            return {}
+        return memories(ids, await self._read(*self.reads.entries_of(ids)))
+
+    async def entry_hash(self, object_id: str, seq: int) -> bytes | None:
+        rows = await self._read(self.reads.entry_hash, (object_id, seq))
+        return blob(rows[0][0]) if rows else None
+
+    async def inbox(self, object_id: str) -> list[Signal]:
+        return signals(await self._read(self.reads.inbox, (object_id,)))
+
+    async def next_due(self) -> int | None:
+        rows = await self._read(self.reads.next_due)
+        return rows[0][0] if rows else None
+
+    # Last: below this line, ``list`` in the class body is this method.
+    async def list(self, *, status: Status | str | None = None, limit: int | None = None,
+                   parent: str | None = None, now: int | None = None) -> list[ObjectRow]:
+        query, args = list_query(self.reads.param, status=status, limit=limit, parent=parent, now=now)
+        return [object_row(r) for r in await self._read(query, args)]

@@ -1,0 +1,57 @@
+"""The SQLite store's statements, rendered once at import time.
+
+The head writes and wake rules are the shared templates of :mod:`peo.store.sql`, rendered
+with SQLite's numbered placeholders (``?3``); they bind the tuples built there.
+"""
+
+from __future__ import annotations
+
+from .. import sql
+
+__all__ = [
+    "APPEND_HEAD",
+    "DELETE_CONSUMED",
+    "DUE",
+    "IMPORT_HEAD",
+    "INSERT_ENTRY",
+    "INSERT_OBJECT",
+    "QUARANTINE",
+    "READS",
+    "RELEASE",
+    "SIGNAL",
+    "WAKE_PARENT",
+]
+
+
+def _numbered(position: int, _: str) -> str:
+    return f"?{position}"
+
+
+def _positional(_: int) -> str:
+    return "?"
+
+
+INSERT_OBJECT = sql.insert_object.render(_numbered)
+INSERT_ENTRY = sql.insert_entry.render(_numbered)
+APPEND_HEAD = sql.append_head.render(_numbered)
+RELEASE = sql.release.render(_numbered)
+SIGNAL = sql.signal_wake.render(_numbered)
+QUARANTINE = sql.quarantine.render(_numbered)
+WAKE_PARENT = sql.wake_parent.render(_numbered)
+IMPORT_HEAD = sql.import_head.render(_numbered)
+DELETE_CONSUMED = "DELETE FROM inbox WHERE id = ? AND object_id = ?"
+
+# INDEXED BY: without statistics SQLite may walk the table instead. objects_due holds only
+# objects with a due time, so these never read a dormant-forever or finished object.
+DUE = f"SELECT 1 FROM objects INDEXED BY objects_due WHERE due_at <= ? AND status IN ({sql.LIVE}) LIMIT 1"
+
+
+def _entries_of(ids: list[str]) -> tuple[str, list[str]]:
+    marks = ",".join("?" * len(ids))
+    return f"SELECT object_id, body, sig FROM entries WHERE object_id IN ({marks}) ORDER BY object_id, seq", ids
+
+
+READS = sql.Reads(_positional, entries_of=_entries_of, next_due=(
+    "SELECT due_at FROM objects INDEXED BY objects_due WHERE due_at IS NOT NULL"
+    f" AND status IN ({sql.LIVE}) ORDER BY due_at LIMIT 1"
+))

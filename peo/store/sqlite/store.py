@@ -1,0 +1,212 @@
+"""The SQLite store's contract methods (see :class:`peo.store.base.Store`).
+
+Writes run under ``BEGIN IMMEDIATE``, so SQLite serializes them: a wake rule evaluated in
+a write's statement sees every signal and child's end committed before it, and a
+compare-and-swap never has to be retried half-way.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from ...core.codec import packb
+from ...core.head import Head
+from ...core.model import Entry
+from ...errors import NotFoundError
+from .. import sql
+from ..base import AppendItem, Claim, NewObject
+from .connection import Connections
+from .statements import (
+    APPEND_HEAD,
+    DELETE_CONSUMED,
+    DUE,
+    IMPORT_HEAD,
+    INSERT_ENTRY,
+    INSERT_OBJECT,
+    QUARANTINE,
+    READS,
+    RELEASE,
+    SIGNAL,
+    WAKE_PARENT,
+)
+
+__all__ = ["SQLiteStore"]
+
+# A claim looks at most this many priority levels one by one; past that it sorts.
+_CLAIM_LEVELS = 8
+
+
+def _marks(values: Collection[Any]) -> str:
+    return ",".join("?" * len(values))
+
+
+class SQLiteStore(Connections, sql.SQLStore):
+    """The embedded store: one database file, shared by the processes that open it."""
+
+    reads = READS
+
+    async def create(self, objects: Sequence[NewObject]) -> None:
+        if objects:
+            await self._write(lambda conn: _insert_objects(conn, objects))
+
+    async def claim(self, owner: str, *, now: int, lease_ns: int, limit: int, handlers: Collection[str],
+                    scopes: Collection[str] | None, exclude: Collection[str] = ()) -> list[Claim]:
+        if limit <= 0 or not handlers or (scopes is not None and not scopes):
+            return []
+        where = ["due_at <= ?", "(lease_until IS NULL OR lease_until < ?)", f"status IN ({sql.LIVE})",
+                 f"handler IN ({_marks(handlers)})"]
+        args: list[Any] = [now, now, *handlers]
+        if scopes is not None:
+            where.append(f"scope IN ({_marks(scopes)})")
+            args.extend(scopes)
+        if exclude:
+            where.append(f"id NOT IN ({_marks(exclude)})")
+            args.extend(exclude)
+        filters = " AND ".join(where)
+        # INDEXED BY: without statistics SQLite may pick another index and walk every
+        # dormant object. Both indexes hold only objects with a due time, and each query
+        # reads only rows already due, so claiming does not slow down as more objects sleep.
+        by_level = (
+            f"SELECT id FROM objects INDEXED BY objects_claim WHERE priority = ? AND {filters}"
+            " ORDER BY due_at LIMIT ?"
+        )
+        sorted_all = (
+            f"SELECT id FROM objects INDEXED BY objects_due WHERE {filters} ORDER BY priority DESC, due_at LIMIT ?"
+        )
+        next_level = "SELECT max(priority) FROM objects INDEXED BY objects_claim WHERE due_at IS NOT NULL"
+
+        def find(conn: sqlite3.Connection) -> list[str]:
+            found: list[str] = []
+            level = conn.execute(next_level).fetchone()[0]
+            for _ in range(_CLAIM_LEVELS):
+                if level is None or len(found) >= limit:
+                    return found
+                found += [r[0] for r in conn.execute(by_level, [level, *args, limit - len(found)])]
+                level = conn.execute(next_level + " AND priority < ?", (level,)).fetchone()[0]
+            return [r[0] for r in conn.execute(sorted_all, [*args, limit])]
+
+        # Look for candidates on the reader first: an idle node polls often, and an empty
+        # write transaction would still queue behind every group commit on the writer.
+        candidates = await self._call(find, reader=True)
+        if not candidates:
+            return []
+        until = now + lease_ns
+
+        def body(conn: sqlite3.Connection) -> list[Claim]:
+            # The writer lock is held now: take each candidate only if it is still due and
+            # unleased (another node may have claimed it since the read).
+            claims = []
+            for oid in candidates:
+                token = secrets.randbits(62)
+                row = conn.execute(
+                    "UPDATE objects SET lease_owner = ?, lease_token = ?, lease_until = ?"
+                    " WHERE id = ? AND due_at <= ? AND (lease_until IS NULL OR lease_until < ?)"
+                    f" AND status IN ({sql.LIVE}) RETURNING seq, inbox, head",
+                    (owner, token, until, oid, now, now),
+                ).fetchone()
+                if row is not None:
+                    claims.append(Claim(oid, token, row[0], row[1], sql.blob(row[2]) or b""))
+            return claims
+
+        return await self._write(body)
+
+    async def drop_leases(self, owner: str) -> int:
+        def body(conn: sqlite3.Connection) -> int:
+            return conn.execute(f"UPDATE objects SET {sql.DROP_LEASE} WHERE lease_owner = ?", (owner,)).rowcount
+
+        return await self._write(body)
+
+    async def renew(self, owner: str, leases: dict[str, int], *, until: int) -> set[str]:
+        if not leases:
+            return set()
+
+        def body(conn: sqlite3.Connection) -> set[str]:
+            lost = set()
+            for oid, token in leases.items():
+                cur = conn.execute(
+                    "UPDATE objects SET lease_until = ? WHERE id = ? AND lease_owner = ? AND lease_token = ?",
+                    (until, oid, owner, token),
+                )
+                if cur.rowcount != 1:
+                    lost.add(oid)
+            return lost
+
+        return await self._write(body)
+
+    async def append(self, items: Sequence[AppendItem], *, now: int) -> list[int | None]:
+        return await self._write(lambda conn: [_append_one(conn, item, now) for item in items])
+
+    async def release(self, object_id: str, token: int, *, due_at: int | None, now: int) -> None:
+        await self._write(lambda conn: conn.execute(RELEASE, (object_id, token, due_at, now)))
+
+    async def quarantine(self, object_id: str, reason: str, *, now: int) -> None:
+        def body(conn: sqlite3.Connection) -> None:
+            parent = conn.execute("SELECT parent FROM objects WHERE id = ?", (object_id,)).fetchone()
+            conn.execute(QUARANTINE, (object_id, reason[: sql.REASON_LIMIT], now))
+            # A quarantined child counts as finished: wake a parent waiting for it.
+            if parent is not None and parent[0] is not None:
+                conn.execute(WAKE_PARENT, (parent[0], now))
+
+        await self._write(body)
+
+    async def signal(self, object_id: str, name: str, payload: Any, *, now: int) -> int:
+        blob = packb(payload)
+
+        def body(conn: sqlite3.Connection) -> int:
+            if conn.execute("SELECT 1 FROM objects WHERE id = ?", (object_id,)).fetchone() is None:
+                raise NotFoundError(f"no object {object_id}")
+            sid = conn.execute(
+                "INSERT INTO inbox (object_id, name, payload, created_at) VALUES (?, ?, ?, ?) RETURNING id",
+                (object_id, name, blob, now),
+            ).fetchone()[0]
+            conn.execute(SIGNAL, (object_id, name, now))
+            return int(sid)
+
+        return await self._write(body)
+
+    async def busy(self, *, now: int) -> bool:
+        def body(conn: sqlite3.Connection) -> bool:
+            if conn.execute(DUE, (now,)).fetchone() is not None:
+                return True
+            leased = conn.execute(
+                "SELECT 1 FROM objects INDEXED BY objects_lease WHERE lease_until > ? LIMIT 1", (now,)
+            ).fetchone()
+            return leased is not None
+
+        return await self._call(body, reader=True)
+
+    async def import_object(self, obj: NewObject, rest: Sequence[Entry], head: Head, *, now: int) -> None:
+        def body(conn: sqlite3.Connection) -> None:
+            _insert_objects(conn, [obj])
+            conn.executemany(INSERT_ENTRY, [sql.entry_values(obj.id, e) for e in rest])
+            conn.execute(IMPORT_HEAD, sql.import_values(obj, rest[-1] if rest else obj.entry, head, now))
+
+        await self._write(body)
+
+
+def _insert_objects(conn: sqlite3.Connection, objects: Sequence[NewObject]) -> None:
+    conn.executemany(INSERT_OBJECT, [sql.object_values(o) for o in objects])
+    conn.executemany(INSERT_ENTRY, [sql.entry_values(o.id, o.entry) for o in objects])
+
+
+def _append_one(conn: sqlite3.Connection, item: AppendItem, now: int) -> int | None:
+    """One item of a group commit: the inbox count left, or None if its compare-and-swap lost."""
+    if item.children:
+        _insert_objects(conn, item.children)
+    row = conn.execute(APPEND_HEAD, sql.append_values(item, now)).fetchone()
+    if row is None:  # lost the compare-and-swap: undo the children inserted for it
+        if item.children:
+            ids = [(c.id,) for c in item.children]
+            conn.executemany("DELETE FROM objects WHERE id = ?", ids)
+            conn.executemany("DELETE FROM entries WHERE object_id = ? AND seq = 0", ids)
+        return None
+    conn.execute(INSERT_ENTRY, sql.entry_values(item.object_id, item.entry))
+    if item.consumed:
+        conn.executemany(DELETE_CONSUMED, [(sid, item.object_id) for sid in item.consumed])
+    parent = sql.parent_to_wake(item)
+    if parent is not None:
+        conn.execute(WAKE_PARENT, (parent, now))
+    return int(row[0])

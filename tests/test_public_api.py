@@ -1,0 +1,30 @@
+"""The public surface of ``import peo`` is pinned: outside tests use these names, so a
+change here is a decision (and a CHANGELOG line), never an accident."""
+
+from __future__ import annotations
+
+import peo
+
+PUBLIC = [
+    "Action", "App", "CannotDo", "Client", "CodecError", "ConflictError", "Constraints", "Context", "Continue",
+    "Delegate", "Done", "Entry", "Fail", "IntegrityError", "Intent", "InternalError", "Keyring", "LeaseLostError",
+    "NodeSettings", "NotFoundError", "ObjectFailedError", "ObjectInfo", "ObjectSummary", "PeoError", "Policy",
+    "PolicyError",
+    "Proposal", "Refine", "Signal", "SigningKey", "Sleep", "Status", "Step", "StoreError", "TimeoutError",
+    "UsageError", "WaitSignal",
+]
+
+
+def test_the_public_names_are_exactly_these() -> None:
+    assert sorted(peo.__all__) == sorted(PUBLIC)
+
+
+def test_every_public_name_resolves() -> None:
+    for name in peo.__all__:
+        assert getattr(peo, name) is not None, name
+
+
+def test_errors_share_one_root_and_timeout_is_also_the_builtin() -> None:
+    errors = [getattr(peo, n) for n in PUBLIC if n.endswith("Error")]
+    assert all(issubclass(e, peo.PeoError) for e in errors)
+    assert issubclass(peo.TimeoutError, TimeoutError)
