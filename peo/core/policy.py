@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import math
 import tomllib
-from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -45,6 +44,34 @@ def _pacing(value: float | None, default: float) -> float:
     if value is None or isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return default
     return min(max(float(value), 0.0), _MAX_NUMBER)
+
+
+#: The tables a policy document may have, and the keys each may hold.
+_SECTIONS: dict[str, tuple[str, ...]] = {
+    "accept": ("trust_scopes", "identities", "handlers"),
+    "trust": ("local_keys", "keys"),
+    "limits": ("max_payload_bytes", "max_children", "child_handlers", "max_sleep_seconds", "handler_timeout"),
+    "thresholds": ("max_failures", "max_steps", "max_cannot_do"),
+    "retry": ("base_seconds", "max_seconds"),
+    "refine": ("may_relax",),
+}
+
+
+def _sections(doc: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
+    """Each known table of a parsed document (empty if absent); unknown tables or keys are errors."""
+    unknown = set(doc) - {"name", *_SECTIONS}
+    if unknown:
+        raise PolicyError(f"{source}: unknown section(s): {', '.join(sorted(unknown))}")
+    out = {}
+    for name, keys in _SECTIONS.items():
+        sec = doc.get(name, {})
+        if not isinstance(sec, dict):
+            raise PolicyError(f"{source}: [{name}] must be a table")
+        extra = set(sec) - set(keys)
+        if extra:
+            raise PolicyError(f"{source}: unknown key(s) in [{name}]: {', '.join(sorted(extra))}")
+        out[name] = sec
+    return out
 
 
 def _match(allowed: frozenset[str], name: str) -> bool:
@@ -81,33 +108,14 @@ class Policy:
             doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise PolicyError(f"{source}: not valid TOML: {exc}") from None
-        known = {"name", "accept", "trust", "limits", "thresholds", "retry", "refine"}
-        unknown = set(doc) - known
-        if unknown:
-            raise PolicyError(f"{source}: unknown section(s): {', '.join(sorted(unknown))}")
-
-        def section(name: str, keys: Iterable[str]) -> dict[str, Any]:
-            sec = doc.get(name, {})
-            if not isinstance(sec, dict):
-                raise PolicyError(f"{source}: [{name}] must be a table")
-            extra = set(sec) - set(keys)
-            if extra:
-                raise PolicyError(f"{source}: unknown key(s) in [{name}]: {', '.join(sorted(extra))}")
-            return sec
-
+        sections = _sections(doc, source)
+        accept, trust, limits = sections["accept"], sections["trust"], sections["limits"]
+        thresholds, retry, refine = sections["thresholds"], sections["retry"], sections["refine"]
         name = doc.get("name", "default")
         try:
             check_name(name, "policy name")
         except CodecError as exc:
             raise PolicyError(f"{source}: {exc}") from None
-        accept = section("accept", ("trust_scopes", "identities", "handlers"))
-        trust = section("trust", ("local_keys", "keys"))
-        limits = section(
-            "limits", ("max_payload_bytes", "max_children", "child_handlers", "max_sleep_seconds", "handler_timeout")
-        )
-        thresholds = section("thresholds", ("max_failures", "max_steps", "max_cannot_do"))
-        retry = section("retry", ("base_seconds", "max_seconds"))
-        refine = section("refine", ("may_relax",))
         d = cls()
 
         def num(sec: dict[str, Any], sec_name: str, key: str, default: float, **kw: Any) -> Any:

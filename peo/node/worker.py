@@ -147,7 +147,7 @@ class Worker:
             state=fold.state_view(),
             memory=memory,
             signals=(*fold.pending_signals, *signals),
-            children=await self._children(fold),
+            children=await self._children(fold) if fold.children else {},
             attempt=fold.consecutive_failures + 1,
             cannot_do=frozenset(fold.cannot_do),
         )
@@ -173,8 +173,6 @@ class Worker:
     async def _children(self, fold: Fold) -> dict[str, Any]:
         """Each finished child's id mapped to its result (None if it ended without one)."""
         children: dict[str, Any] = {}
-        if not fold.children:
-            return children
         for row in await self.node.store.list(parent=fold.object_id):
             if row.status is not Status.TERMINATED:
                 continue

@@ -17,7 +17,7 @@ import abc
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
-from ..core.codec import unpackb
+from ..core.codec import packb, unpackb
 from ..core.head import Head
 from ..core.model import Entry, Signal, Status
 from ..core.wake import child_end_wakes, due_case, final_statuses_sql, live_statuses_sql, signal_wakes
@@ -211,8 +211,12 @@ def entry_values(object_id: str, e: Entry) -> tuple[Any, ...]:
 def append_values(item: AppendItem, now: int) -> tuple[Any, ...]:
     """The values of :data:`append_head` for ``item``: its entry and the head it leaves."""
     e, h = item.entry, item.head
-    return (item.object_id, e.seq, e.seq - 1, e.hash, h.status.value, h.due_at, h.wait_signal, h.wait_children,
-            h.result_bytes(), h.reason, len(item.consumed), now, item.release, item.token)
+    # Spelled out rather than through Head's properties: this runs once per step.
+    w = h.waiting_for
+    result = packb(h.result) if h.status is Status.TERMINATED else None
+    return (item.object_id, e.seq, e.seq - 1, e.hash, h.status.value, h.due_at,
+            None if w is None else w.signal, w is not None and w.children, result, h.reason, len(item.consumed),
+            now, item.release, item.token)
 
 
 def import_values(obj: NewObject, last: Entry, head: Head, now: int) -> tuple[Any, ...]:

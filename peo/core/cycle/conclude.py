@@ -7,16 +7,16 @@ from typing import Any
 
 from ...errors import InternalError
 from ..memory import Fold
-from ..model import Action, Signal
+from ..model import Signal
 from ..policy import Policy
-from .decision import Decision, check_allowed, signals_out
-from .proposals import PROPOSALS, Rule
+from .decision import Consume, Decision, Effect, check_allowed, signals_out
+from .proposals import FAILURE_ACTIONS, PROPOSALS, Rule
 from .turn import Turn, payload_problem
 
 __all__ = ["conclude"]
 
-#: What the failure path may produce for any proposal.
-_FAILURE_ACTIONS = frozenset({Action.EXECUTE, Action.DORMANCY, Action.TERMINATE})
+#: What the failure path may produce for any proposal (and all a non-proposal may produce).
+_FAILURE_ACTIONS = FAILURE_ACTIONS
 
 
 def conclude(
@@ -38,19 +38,24 @@ def conclude(
     transition table.
     """
     base: dict[str, Any] = {"latency": latency_ns}
+    consumed: tuple[Effect, ...] = ()
     if signals:
         base["signals"] = signals_out(signals)
-    turn = Turn(fold, policy, now, latency_ns, tuple(signals), tuple(child_ids), base)
-    decision = _conclude(turn, proposal)
+        ids = tuple(s.id for s in signals if s.id)
+        consumed = (Consume(ids),) if ids else ()
+    turn = Turn(fold, policy, now, latency_ns, tuple(signals), tuple(child_ids), base, consumed)
     rule = rule_for(proposal)
-    allowed = _FAILURE_ACTIONS | rule.actions if rule is not None else _FAILURE_ACTIONS
-    if decision.action not in allowed:
+    decision = _conclude(turn, proposal, rule)
+    if decision.action not in (rule.allowed if rule is not None else _FAILURE_ACTIONS):
         raise InternalError(f"a {type(proposal).__name__} proposal produced {decision.action}")
     return check_allowed(fold.status, decision)
 
 
 def rule_for(proposal: object) -> Rule | None:
     """The table row for ``proposal``'s kind (a subclass of a kind counts as that kind)."""
+    rule = PROPOSALS.get(type(proposal))
+    if rule is not None:
+        return rule
     for cls in type(proposal).__mro__:
         rule = PROPOSALS.get(cls)
         if rule is not None:
@@ -58,12 +63,11 @@ def rule_for(proposal: object) -> Rule | None:
     return None
 
 
-def _conclude(t: Turn, proposal: object) -> Decision:
+def _conclude(t: Turn, proposal: object, rule: Rule | None) -> Decision:
     if isinstance(proposal, BaseException):
         is_timeout = isinstance(proposal, TimeoutError)
         return t.fail("timeout" if is_timeout else type(proposal).__name__,
                       f"{type(proposal).__name__}: {proposal}", retryable=True)
-    rule = rule_for(proposal)
     if rule is None:
         return t.invalid(f"handler returned {type(proposal).__name__}, not a peo proposal")
     state = getattr(proposal, "state", None)

@@ -33,7 +33,7 @@ from ..wake import Wake
 from .decision import Child, Decision, Spawn, signals_out
 from .turn import Turn, payload_problem, record_problem
 
-__all__ = ["PROPOSALS", "Rule"]
+__all__ = ["FAILURE_ACTIONS", "PROPOSALS", "Rule"]
 
 _SECOND = 1_000_000_000
 
@@ -182,6 +182,10 @@ def _cannot_do(t: Turn, p: CannotDo) -> Decision:
     return t.decide(Action.EXECUTE, Status.RUNNABLE, status="cannot_do", capability=capability, reason=reason)
 
 
+#: What the failure path produces (a failed, refused or invalid step): any proposal may end so.
+FAILURE_ACTIONS: Final = frozenset({Action.EXECUTE, Action.DORMANCY, Action.TERMINATE})
+
+
 @attrs.frozen
 class Rule:
     """How one proposal kind is concluded, and the actions that may result (besides the
@@ -189,6 +193,11 @@ class Rule:
 
     conclude: Callable[[Turn, Any], Decision]
     actions: frozenset[Action]
+    allowed: frozenset[Action] = attrs.field(init=False)  # actions | FAILURE_ACTIONS
+
+    @allowed.default
+    def _allowed(self) -> frozenset[Action]:
+        return self.actions | FAILURE_ACTIONS
 
 
 PROPOSALS: Final[Mapping[type, Rule]] = {
