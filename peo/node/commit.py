@@ -1,13 +1,18 @@
 """Group commit: the appends of every worker that is ready at the same moment go to the
 store in one transaction; each worker learns that its step is durable only when that
-transaction commits."""
+transaction commits.
+
+One flusher task (:meth:`GroupCommit.run`, in the node's TaskGroup) does the appends. A
+worker queues its item and sets an event; the flusher wakes after the other workers that
+became ready in the same turn of the loop have queued theirs, and takes them all. (A
+long-lived flusher costs less per step than a task per batch: on a chain of steps of one
+object every batch holds one item.)"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
 
 from ..errors import LeaseLostError, StoreError
 from ..store import AppendItem, Store
@@ -16,23 +21,28 @@ __all__ = ["GroupCommit"]
 
 log = logging.getLogger("peo.node")
 
-Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
-
-
 class GroupCommit:
-    """Queue appends, flush them together. ``spawn`` starts the flush task: the node binds
-    it to its TaskGroup (:meth:`bind`), so no task outlives the node."""
+    """Queue appends, flush them together (see the module docstring)."""
 
     def __init__(self, store: Store, clock: Callable[[], int], stats: dict[str, int]):
         self.store = store
         self.clock = clock
         self.stats = stats
         self._pending: list[tuple[AppendItem, asyncio.Future[int | None]]] = []
-        self._flushing = False
-        self._spawn: Spawn | None = None
+        self._ready = asyncio.Event()
 
-    def bind(self, spawn: Spawn | None) -> None:
-        self._spawn = spawn
+    def reset(self) -> None:
+        """Start afresh in the running event loop (a node may be run again in another one)."""
+        self._pending = []
+        self._ready = asyncio.Event()
+
+    async def run(self) -> None:
+        """The flusher: append what is queued, then wait for more. Runs until cancelled,
+        which the node does once no worker is left."""
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            await self._flush()
 
     async def commit(self, item: AppendItem) -> int | None:
         """Queue ``item`` for the next group commit and wait until it is durable. Returns
@@ -45,9 +55,7 @@ class GroupCommit:
         for attempt in range(8):
             fut: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
             self._pending.append((item, fut))
-            if not self._flushing:
-                self._flushing = True
-                asyncio.get_running_loop().call_soon(self._start_flush)
+            self._ready.set()
             try:
                 return await fut
             except StoreError as exc:
@@ -64,27 +72,19 @@ class GroupCommit:
                     return None
         raise StoreError(f"could not append to {item.object_id} after repeated store failures")
 
-    def _start_flush(self) -> None:
-        if self._spawn is None:  # pragma: no cover - the node binds before any worker runs
-            raise RuntimeError("GroupCommit used outside a running node")
-        self._spawn(self._flush())
-
     async def _flush(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    results = await self.store.append([i for i, _ in batch], now=self.clock())
-                    self.stats["commits"] += 1
-                except BaseException as exc:
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc if isinstance(exc, StoreError) else StoreError(str(exc)))
-                    if not isinstance(exc, Exception):
-                        raise
-                    continue
-                for (_, fut), res in zip(batch, results, strict=True):
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                results = await self.store.append([i for i, _ in batch], now=self.clock())
+                self.stats["commits"] += 1
+            except BaseException as exc:
+                for _, fut in batch:
                     if not fut.done():
-                        fut.set_result(res)
-        finally:
-            self._flushing = False
+                        fut.set_exception(exc if isinstance(exc, StoreError) else StoreError(str(exc)))
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for (_, fut), res in zip(batch, results, strict=True):
+                if not fut.done():
+                    fut.set_result(res)

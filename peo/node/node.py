@@ -7,7 +7,7 @@ entries and releases them. It is assembled from parts, one job each:
 - :mod:`.commit`: the group commit that makes many workers' entries durable together.
 
 Structure (asyncio, structured concurrency): one TaskGroup holds the claim loop, the lease
-renewer, one worker task per held object and the group-commit flushes.
+renewer, one worker task per held object and the group-commit flusher.
 """
 
 from __future__ import annotations
@@ -171,27 +171,31 @@ class Node:
 
 
 class _Parts:
-    """The node's TaskGroup and thread pool for one run (or one :meth:`Node.step_once`):
-    the group commit starts its flushes in this TaskGroup, sync handlers run in the pool."""
+    """The node's TaskGroup, group-commit flusher and thread pool for one run (or one
+    :meth:`Node.step_once`); sync handlers run in the pool."""
 
     def __init__(self, node: Node):
         self.node = node
         self.tg = asyncio.TaskGroup()
+        self.flusher: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> asyncio.TaskGroup:
         node = self.node
         node.worker.pool = concurrent.futures.ThreadPoolExecutor(
             node.settings.concurrency, thread_name_prefix="peo-handler")
         await self.tg.__aenter__()
-        node.commits.bind(self.tg.create_task)
+        node.commits.reset()
+        self.flusher = self.tg.create_task(node.commits.run())
         return self.tg
 
     async def __aexit__(self, *exc: Any) -> None:
         node = self.node
         try:
+            # Every worker has finished by now (or is being cancelled): nothing is queued.
+            if self.flusher is not None:
+                self.flusher.cancel()
             await self.tg.__aexit__(*exc)
         finally:
-            node.commits.bind(None)
             if node.worker.pool is not None:
                 node.worker.pool.shutdown(wait=False, cancel_futures=True)
                 node.worker.pool = None
