@@ -47,6 +47,7 @@ from .errors import InternalError as InternalError
 from .errors import LeaseLostError as LeaseLostError
 from .errors import NotFoundError as NotFoundError
 from .errors import ObjectFailedError as ObjectFailedError
+from .errors import ObjectTerminatedError as ObjectTerminatedError
 from .errors import PeoError as PeoError
 from .errors import PolicyError as PolicyError
 from .errors import StoreError as StoreError
@@ -102,6 +103,7 @@ __all__ = [
     "ObjectFailedError",
     "ObjectInfo",
     "ObjectSummary",
+    "ObjectTerminatedError",
     "PeoError",
     "Policy",
     "PolicyError",

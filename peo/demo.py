@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import shlex
 import signal
 import subprocess
 import sys
@@ -167,7 +168,7 @@ async def _run(store: str, kill: bool, timeout: float) -> int:
                             and r.id not in approved:
                         await client.signal(r.id, "approve", {"approved": True, "by": "a human (the demo)"})
                         approved.add(r.id)
-                        _say(f"  {time.monotonic() - started:5.1f}s  a human approves {r.id[:13]}… (signal)")
+                        _say(f"  {time.monotonic() - started:5.1f}s  a human approves {r.id} (signal)")
                 if rows and all(r.status.is_final for r in rows):
                     break
                 if time.monotonic() - started > timeout:
@@ -206,7 +207,7 @@ async def _report(client: Client, store: str, ids: list[str], fleet: set[str], k
         _say(f"takeovers after the SIGKILL: {takeovers} objects continued by demo-b where demo-a stopped")
     _say("actions used: " + ", ".join(f"{a} x{actions[str(a)]}" for a in Action if a is not Action.INSTANTIATE))
     _say(f"every chain verified: {verified} objects, all signatures and hash links intact")
-    flag = "" if store == DEFAULT_STORE else f" --store {store}"
+    flag = "" if store == DEFAULT_STORE else f" --store {shlex.quote(store)}"  # quoted: zsh globs ?
     _say("")
     _say("try next:")
     _say(f"  peo{flag} ls")

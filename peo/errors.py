@@ -11,6 +11,7 @@
     ├── TimeoutError (TimeoutError) wait() gave up before the object terminated
     ├── InternalError             a bug in peo itself: an invariant it checks did not hold
     ├── ObjectFailedError         wait(): the object ended without a result (failed, cancelled...)
+    ├── ObjectTerminatedError     a signal to an object that has terminated (it can never be read)
     └── StoreError                the store failed; ``retryable`` says whether trying again helps
         ├── ConflictError         another writer took this seq first (compare-and-swap lost)
         └── LeaseLostError        our lease expired or was taken over by another node
@@ -22,6 +23,7 @@ them at the boundary, so callers only ever see this tree.
 from __future__ import annotations
 
 import builtins
+from typing import Any
 
 __all__ = [
     "CodecError",
@@ -31,6 +33,7 @@ __all__ = [
     "LeaseLostError",
     "NotFoundError",
     "ObjectFailedError",
+    "ObjectTerminatedError",
     "PeoError",
     "PolicyError",
     "StoreError",
@@ -94,16 +97,23 @@ class InternalError(PeoError):
 
 
 class ObjectFailedError(PeoError):
-    """The object terminated other than by ``Done`` (or was quarantined)."""
+    """The object terminated other than by ``Done`` (or was quarantined). ``last_error`` is
+    the error its memory recorded last (``{"class", "message", "retryable", "traceback"?}``),
+    if any: the failure that made it give up."""
 
-    def __init__(self, object_id: str, status: str, reason: str | None):
-        super().__init__(f"object {object_id} {status}: {reason or 'no reason recorded'}")
+    def __init__(self, object_id: str, status: str, reason: str | None,
+                 last_error: dict[str, Any] | None = None):
+        text = f"object {object_id} {status}: {reason or 'no reason recorded'}"
+        if last_error:
+            text += f" (last error: {last_error.get('class')}: {last_error.get('message')})"
+        super().__init__(text)
         self.object_id = object_id
         self.status = status
         self.reason = reason
+        self.last_error = last_error
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (ObjectFailedError, (self.object_id, self.status, self.reason))
+        return (ObjectFailedError, (self.object_id, self.status, self.reason, self.last_error))
 
 
 class StoreError(PeoError):
@@ -125,3 +135,17 @@ class ConflictError(StoreError):
 
 class LeaseLostError(ConflictError):
     """Our lease on the object expired or was taken; we must not write to it."""
+
+
+class ObjectTerminatedError(PeoError):
+    """A signal was sent to an object that has terminated: no cycle will ever read it, so
+    nothing was written. An operation failure (CLI exit 1), not a usage error."""
+
+    def __init__(self, object_id: str, reason: str | None = None):
+        why = f" ({reason})" if reason else ""
+        super().__init__(f"object {object_id} has terminated{why}: a signal would never be read")
+        self.object_id = object_id
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (ObjectTerminatedError, (self.object_id, self.reason))

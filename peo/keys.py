@@ -1,10 +1,21 @@
-"""Keys on disk: new keys, key files, the local key directory and the default keyring.
+"""Keys on disk: new keys, key files, the deployment's key directory and the default keyring.
 
-``PEO_HOME`` (default ``./.peo``) holds ``keys/``: each node's and client's signing key
-(mode 0600) and its ``.pub`` beside it. On one machine, trusting every ``.pub`` there is
-what makes ``peo verify`` work out of the box; policies add keys from other machines.
-The core (:mod:`peo.core.crypto`) only signs and verifies bytes: everything here that
-touches files or draws randomness is the shell's.
+The key directory holds each node's and client's signing key (mode 0600) and its ``.pub``
+beside it. It belongs to the deployment (the store), not to the working directory, so a
+client, a node and the CLI started anywhere against one store resolve the same one
+(:func:`key_dir`), in this order:
+
+1. ``$PEO_KEYS``, for any store;
+2. ``$PEO_HOME/keys`` (kept for compatibility);
+3. for an SQLite store, ``.peo/keys`` beside the database file (``/srv/app/peo.db`` ->
+   ``/srv/app/.peo/keys``: the store's default ``sqlite:///peo.db`` run from its own
+   directory finds the keys exactly where earlier versions put them);
+4. for a PostgreSQL store, ``./.peo/keys`` in the current directory, as before: there is
+   no file to sit beside, so a deployment on PostgreSQL should set ``$PEO_KEYS``.
+
+Trusting every ``.pub`` there is what makes ``peo verify`` work out of the box; policies
+add keys from other machines. The core (:mod:`peo.core.crypto`) only signs and verifies
+bytes: everything here that touches files or draws randomness is the shell's.
 """
 
 from __future__ import annotations
@@ -13,15 +24,27 @@ import contextlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .core.crypto import PUBLIC_HEADER, SECRET_HEADER, Keyring, SigningKey
+import attrs
+
+from .config import store_url
+from .core.crypto import PUBLIC_HEADER, SECRET_HEADER, Keyring, SigningKey, key_id_of
 from .core.policy import Policy
 from .errors import UsageError
 
+if TYPE_CHECKING:
+    from .store import Store
+
 __all__ = [
+    "KeyDir",
+    "KeyFile",
     "add_directory",
     "generate",
+    "guard_new_key",
     "home",
+    "key_dir",
+    "key_files",
     "key_path",
     "keyring_for",
     "keyring_from_directory",
@@ -29,17 +52,57 @@ __all__ = [
     "load_key_file",
     "load_or_create",
     "load_public_key",
+    "locate",
     "save",
+    "trusted_scopes",
 ]
 
 
 def home() -> Path:
+    """``$PEO_HOME``, default ``./.peo`` (kept for compatibility: see :func:`key_dir`)."""
     return Path(os.environ.get("PEO_HOME") or ".peo")
 
 
-def key_path(name: str) -> Path:
+@attrs.frozen
+class KeyDir:
+    """A deployment's key directory and why it is that one (for messages)."""
+
+    path: Path
+    source: str  # "PEO_KEYS", "PEO_HOME", "sqlite" or "cwd"
+    why: str  # e.g. "beside the SQLite store /srv/app/peo.db"
+
+
+def locate(store: str | None = None) -> KeyDir:
+    """The key directory of the deployment whose store URL is ``store`` (default: the
+    store the CLI would use: ``$PEO_STORE``, else ``sqlite:///peo.db``).
+
+    Order: ``$PEO_KEYS``; ``$PEO_HOME/keys``; beside an SQLite database file
+    (``<its directory>/.peo/keys``); for PostgreSQL, ``./.peo/keys``."""
+    explicit = os.environ.get("PEO_KEYS")
+    if explicit:
+        return KeyDir(Path(explicit), "PEO_KEYS", "from $PEO_KEYS")
+    peo_home = os.environ.get("PEO_HOME")
+    if peo_home:
+        return KeyDir(Path(peo_home) / "keys", "PEO_HOME", "from $PEO_HOME")
+    url = store_url(store)
+    if url.startswith("sqlite:"):
+        from .store.sqlite.connection import parse_sqlite_url
+
+        db = os.path.abspath(parse_sqlite_url(url)[0])
+        return KeyDir(Path(db).parent / ".peo" / "keys", "sqlite", f"beside the SQLite store {db}")
+    return KeyDir(Path(".peo") / "keys", "cwd",
+                  "in the current directory (a PostgreSQL store without $PEO_KEYS or $PEO_HOME)")
+
+
+def key_dir(store: str | None = None) -> Path:
+    """The key directory of the deployment whose store URL is ``store`` (see :func:`locate`)."""
+    return locate(store).path
+
+
+def key_path(name: str, store: str | None = None) -> Path:
+    """The key file ``name`` (e.g. "client", "node") in ``store``'s key directory."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-    return home() / "keys" / f"{safe}.key"
+    return key_dir(store) / f"{safe}.key"
 
 
 def generate() -> SigningKey:
@@ -137,20 +200,91 @@ def keyring_from_directory(directory: str | os.PathLike[str], scopes: Iterable[s
     return ring
 
 
-def load_key(key: SigningKey | str | os.PathLike[str] | None, default_name: str) -> SigningKey:
-    """A key object as given, a key file path (created on first use), or the default."""
+def load_key(key: SigningKey | str | os.PathLike[str] | None, default_name: str,
+             store: str | None = None) -> SigningKey:
+    """A key object as given, a key file path (created on first use), or the default
+    ``default_name`` key of ``store``'s key directory (created on first use)."""
     if isinstance(key, SigningKey):
         return key
-    return load_or_create(key if key is not None else key_path(default_name))
+    return load_or_create(key if key is not None else key_path(default_name, store))
 
 
-def keyring_for(policy: Policy, *extra: SigningKey) -> Keyring:
-    """The keys a verifier with ``policy`` trusts: local keys (if the policy says so),
-    the policy's listed keys, and any keys passed in (the caller's own)."""
+def keyring_for(policy: Policy, *extra: SigningKey, store: str | None = None) -> Keyring:
+    """The keys a verifier with ``policy`` trusts: the keys in ``store``'s key directory
+    (if the policy trusts local keys), the policy's listed keys, and any keys passed in
+    (the caller's own)."""
     ring = Keyring()
     if policy.trust_local_keys:
-        add_directory(ring, home() / "keys")
+        add_directory(ring, key_dir(store))
     ring.add_mapping({k: v for k, v in policy.trusted_keys.items()})
     for key in extra:
         ring.trust(key.public_key)
     return ring
+
+
+async def guard_new_key(store: Store, name: str = "client", *, new_key: bool = False) -> Path:
+    """Refuse to mint the default key ``name`` for a store that already has objects.
+
+    Returns the key's path. If no key file is there yet and ``store`` holds objects, those
+    were signed by keys kept somewhere else: a new key would sign objects that the nodes
+    and verifiers of this deployment do not trust (they are quarantined). That is a
+    UsageError naming the path, unless ``new_key`` says a new key is meant. A store
+    without objects gets its first key silently, as before."""
+    path = key_path(name, store.url)
+    if new_key or path.exists() or not await store.list(limit=1):
+        return path
+    where = locate(store.url)
+    raise UsageError(
+        f"no {name} key at {path} ({where.why}), but this store already has objects signed by keys kept "
+        "elsewhere: a new key would sign objects its nodes do not trust. Point PEO_KEYS at the deployment's "
+        "key directory, or pass --new-key (new_key=True) to create one and then trust its .pub"
+    )
+
+
+@attrs.frozen
+class KeyFile:
+    """One key in a key directory: its public key and the files that hold it."""
+
+    key_id: str
+    public_key: bytes
+    public_file: Path | None  # the .pub (None: only the secret file is there)
+    secret_file: Path | None  # the secret key file, if present
+
+
+def key_files(directory: str | os.PathLike[str]) -> tuple[list[KeyFile], list[str]]:
+    """The keys in ``directory`` (by file name) and one problem line per unreadable file."""
+    path = Path(directory)
+    found: dict[str, KeyFile] = {}
+    problems: list[str] = []
+    if not path.is_dir():
+        return [], problems
+    for pub in sorted(path.glob("*.pub")):
+        try:
+            public = load_public_key(pub)
+        except UsageError as exc:
+            problems.append(str(exc))
+            continue
+        secret = pub.with_name(pub.name[: -len(".pub")])
+        found[secret.name] = KeyFile(key_id_of(public), public, pub, secret if secret.is_file() else None)
+    for secret in sorted(path.glob("*.key")):
+        if secret.name in found:
+            continue
+        try:
+            key = load_key_file(secret)
+        except UsageError as exc:
+            problems.append(str(exc))
+            continue
+        found[secret.name] = KeyFile(key.key_id, key.public_key, None, secret)
+    return sorted(found.values(), key=lambda k: (k.secret_file or k.public_file or path).name), problems
+
+
+def trusted_scopes(policy: Policy, public_key: bytes, *, local: bool) -> list[str]:
+    """The trust scopes ``policy`` trusts ``public_key`` for; ``local``: the key is in the
+    deployment's key directory (trusted for every scope if the policy trusts local keys)."""
+    scopes: set[str] = set()
+    if local and policy.trust_local_keys:
+        scopes.add("*")
+    for hex_key, listed in policy.trusted_keys.items():
+        if hex_key.lower() == public_key.hex():
+            scopes.update(listed)
+    return sorted(scopes)

@@ -29,6 +29,7 @@ def _isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PEO_HOME", str(tmp_path / ".peo"))
     monkeypatch.delenv("PEO_STORE", raising=False)
+    monkeypatch.delenv("PEO_KEYS", raising=False)  # a developer's own key directory is never touched
     monkeypatch.delenv("PEO_FAULTS", raising=False)
     yield tmp_path
 

@@ -8,8 +8,8 @@ import peo
 PUBLIC = [
     "Action", "App", "CannotDo", "Client", "CodecError", "ConflictError", "Constraints", "Context", "Continue",
     "Delegate", "Done", "Entry", "Fail", "IntegrityError", "Intent", "InternalError", "Keyring", "LeaseLostError",
-    "NodeSettings", "NotFoundError", "ObjectFailedError", "ObjectInfo", "ObjectSummary", "PeoError", "Policy",
-    "PolicyError",
+    "NodeSettings", "NotFoundError", "ObjectFailedError", "ObjectInfo", "ObjectSummary", "ObjectTerminatedError",
+    "PeoError", "Policy", "PolicyError",
     "Proposal", "Refine", "Signal", "SigningKey", "Sleep", "Status", "Step", "StoreError", "TimeoutError",
     "UsageError", "WaitSignal",
 ]

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import CodecError, ConflictError, IntegrityError, NotFoundError
-from .parser import add_verb, fail, open_client, read_limited, text_arg
-from .render import clean
+from .parser import EXAMPLE_ID, add_verb, fail, open_client, read_limited, text_arg
+from .render import clean, plural
 
 if TYPE_CHECKING:
     from ..client import Client
@@ -26,7 +26,7 @@ PROGRESS_EVERY = 500
 
 
 async def cmd_verify(args: argparse.Namespace) -> int:
-    async with open_client(args) as client:
+    async with open_client(args, create=False) as client:
         ids = list(args.ids) if args.ids else [r.id for r in await client.list()]
         if not ids:
             print("no objects to verify")
@@ -55,13 +55,13 @@ async def _verify_one(client: Client, oid: str) -> bool:
     except CodecError as exc:
         print(f"FAIL  {clean(oid)}  {clean(exc)}")
     else:
-        print(f"OK    {clean(oid)}  {count} entries")
+        print(f"OK    {clean(oid)}  {count} {plural(count, 'entry')}")
         return True
     return False
 
 
 async def cmd_export(args: argparse.Namespace) -> int:
-    async with open_client(args) as client:
+    async with open_client(args, create=False) as client:
         data = await client.export(args.id)
     target = args.output if args.output is not None else f"{args.id}.peo"
     if target == "-":
@@ -94,6 +94,7 @@ async def cmd_import(args: argparse.Namespace) -> int:
     async with open_client(args) as client:
         try:
             oid = await client.import_(data)
+            info = await client.get(oid, memory=False)
         except (IntegrityError, CodecError) as exc:
             # Tampered, untrusted, damaged or not an export at all: the file is refused and
             # nothing was written. A verification failure, hence exit 1, not 2.
@@ -102,6 +103,10 @@ async def cmd_import(args: argparse.Namespace) -> int:
         except ConflictError:
             print("peo: error: import refused: an object with this id already exists in the store", file=sys.stderr)
             return 1
+    # The id alone on stdout (it composes, like submit's); what was imported on stderr.
+    entries = info.seq + 1
+    print(f"imported {clean(oid)} ({info.status}, seq {info.seq}, {entries} {plural(entries, 'entry')}) "
+          f"from {clean(args.file)}", file=sys.stderr)
     print(oid)
     return 0
 
@@ -111,7 +116,8 @@ def _verify_parser(sub: Subparsers) -> None:
                   "Verify each object's memory: every signature by a trusted key (local keys and the policy's), "
                   "hash links, contiguous seq, entry 0 bound to the id, and the stored head. Prints OK or FAIL "
                   "(with the first bad seq) per object and a summary; exit 1 if any fails.",
-                  ["peo verify", "peo verify 01J0ABC... 01J0DEF...", "peo verify --policy policies/strict.toml"],
+                  ["peo verify", f"peo verify {EXAMPLE_ID} {EXAMPLE_ID[:-1]}d",
+                   "peo verify --policy policies/strict.toml"],
                   cmd_verify)
     sp.add_argument("ids", nargs="*", metavar="ID", type=text_arg("object id"), help="objects to verify (default: all)")
     sp.add_argument("--policy", metavar="FILE", help="policy whose trusted keys to use")
@@ -120,8 +126,8 @@ def _verify_parser(sub: Subparsers) -> None:
 def _export_parser(sub: Subparsers) -> None:
     sp = add_verb(sub, "export", "write an object and its whole memory to a file",
                   "Write one self-contained, signed file: the object id and every memory entry as signed.",
-                  ["peo export 01J0ABC...", "peo export 01J0ABC... -o backup.peo",
-                   "peo export 01J0ABC... -o - | ssh host-b peo import -"],
+                  [f"peo export {EXAMPLE_ID}", f"peo export {EXAMPLE_ID} -o backup.peo",
+                   f"peo export {EXAMPLE_ID} -o - | ssh host-b peo import -"],
                   cmd_export)
     sp.add_argument("id", metavar="ID", type=text_arg("object id"))
     sp.add_argument("-o", "--output", metavar="FILE", help="output file (default: ID.peo; - for standard output)")
@@ -132,7 +138,7 @@ def _import_parser(sub: Subparsers) -> None:
                   "Verify an export file with the keys this set-up trusts, then store the object so nodes here can "
                   "continue it. A tampered, damaged or untrusted file is refused (exit 1) and nothing is written. "
                   "Prints the object's id.",
-                  ["peo import 01J0ABC....peo", "peo --store postgresql://db/peo import backup.peo"], cmd_import)
+                  [f"peo import {EXAMPLE_ID}.peo", "peo --store postgresql://db/peo import backup.peo"], cmd_import)
     sp.add_argument("file", metavar="FILE", help="export file (- for standard input)")
     sp.add_argument("--policy", metavar="FILE", help="policy whose trusted keys to use")
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from .parser import add_verb
+from .parser import add_verb, positive_seconds
 
 if TYPE_CHECKING:
     from .parser import Subparsers
@@ -21,9 +21,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"peo: error: the demo is not available in this installation ({exc})", file=sys.stderr)
         return 1
-    argv = list(args.demo_args)
-    if args.store is not None:
-        argv = ["--store", args.store, *argv]
+    argv = [*(["--store", args.store] if args.store is not None else []),
+            *(["--no-kill"] if args.no_kill else []),
+            *(["--timeout", f"{args.timeout:g}"] if args.timeout is not None else []),
+            *args.demo_args]
     try:
         return int(demo.main(argv) or 0)
     except SystemExit as exc:  # the demo's own argparse (--help, bad option)
@@ -33,9 +34,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _demo_parser(sub: Subparsers) -> None:
     sp = add_verb(sub, "demo", "run the demo: a fleet survives a node killed with SIGKILL",
                   "Run a fleet of sample agents on two node processes on the store, kill one with SIGKILL mid-run, "
-                  "watch the other take over; ends by verifying every chain. Options after `demo` go to the demo "
-                  "(e.g. --no-kill, --timeout SECONDS).",
-                  ["peo demo", "peo --store sqlite:///demo.db demo"], cmd_demo)
+                  "watch the other take over; ends by verifying every chain. The demo's handlers (research, "
+                  "approval, planner, subtask, ...) are in peo.demo:app.",
+                  ["peo demo", "peo demo --store sqlite:///demo.db --no-kill", "peo demo --timeout 120"], cmd_demo)
+    sp.add_argument("--no-kill", action="store_true", help="do not kill a node (for comparison)")
+    sp.add_argument("--timeout", type=positive_seconds, metavar="SECONDS",
+                    help="give up after this many seconds (default 55)")
     sp.set_defaults(demo_args=[])
 
 

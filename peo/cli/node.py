@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import NodeSettings, resolve_policy
 from . import exit_at_once
 from .parser import add_verb, fail, positive_int, positive_seconds, store_url, text_arg
-from .render import clean
+from .render import clean, plural
 
 if TYPE_CHECKING:
     from ..app import App
@@ -64,11 +64,11 @@ def _node_key(args: argparse.Namespace, settings: NodeSettings) -> SigningKey:
         # An explicit key file must exist: silently creating a new identity for a node
         # would make its entries unverifiable elsewhere.
         if not Path(args.key).exists():
-            fail(f"key file {args.key} does not exist (omit --key to use {keys.key_path('node')})")
+            fail(f"key file {args.key} does not exist (omit --key to use {keys.key_path('node', args.store)})")
         return keys.load_key_file(args.key)
     if settings.key_file:
         return keys.load_or_create(settings.key_file)  # a profile's key is created on first use
-    return keys.load_key(None, "node")
+    return keys.load_key(None, "node", store_url(args, settings.store))
 
 
 async def cmd_node(args: argparse.Namespace) -> int:
@@ -87,11 +87,39 @@ async def cmd_node(args: argparse.Namespace) -> int:
     key = _node_key(args, settings)
     url = store_url(args, settings.store)
     store = open_store(url)
-    await store.open()  # an unreachable store is reported before the node says it is serving
+    # An unreachable store is reported before the node says it is serving.
+    await _open_store(store, args.wait_for_store)
     try:
         return await _serve(args, store, url, app, settings, policy, key)
     finally:
         await store.aclose()
+
+
+async def _open_store(store: Store, bound: float | None) -> None:
+    """Open the store as the library's Node does: a failure that may pass (a locked SQLite
+    file, a PostgreSQL server not up yet) is logged and retried with the same backoff, for
+    at most ``bound`` seconds (None: until it opens or the node is interrupted); one that
+    cannot pass (bad URL, refused login, missing directory) raises at once."""
+    import asyncio
+
+    from ..errors import StoreError
+    from ..node.leases import open_with_retry
+
+    if bound is None:
+        await open_with_retry(store, asyncio.Event())
+        return
+    give_up = asyncio.Event()
+    timer = asyncio.get_running_loop().call_later(bound, give_up.set)
+    try:
+        if await open_with_retry(store, give_up):
+            return
+    finally:
+        timer.cancel()
+    try:  # one last attempt, so that the message says what is wrong now
+        await store.open()
+    except StoreError as exc:
+        raise StoreError(f"gave up waiting for the store after --wait-for-store {bound:g} s: {exc}",
+                         retryable=False) from None
 
 
 async def _serve(args: argparse.Namespace, store: Store, url: str, app: App, settings: NodeSettings,
@@ -121,8 +149,8 @@ async def _serve(args: argparse.Namespace, store: Store, url: str, app: App, set
             say("abandoned the steps in flight")
             exit_at_once()
         s = node.stats
-        say(f"stopped after {time.monotonic() - started:.1f} s: {s['steps']} steps, "
-            f"{s['claims']} claims, {s['quarantined']} quarantined")
+        say(f"stopped after {time.monotonic() - started:.1f} s: {s['steps']} {plural(s['steps'], 'step')}, "
+            f"{s['claims']} {plural(s['claims'], 'claim')}, {s['quarantined']} quarantined")
     return 1 if abandoned else 0
 
 
@@ -136,7 +164,8 @@ def _node_parser(sub: Subparsers) -> None:
                   "profile's store overrides $PEO_STORE. Relative paths are relative to the current directory. "
                   "SIGTERM or SIGINT stops it gracefully (exit 0).",
                   ["peo node --app myagents:app", "peo node --profile nodes/local.toml --until-idle",
-                   "peo node --app myagents:app --node-id worker-2 --concurrency 64 --policy policies/strict.toml"],
+                   "peo node --app myagents:app --node-id worker-2 --concurrency 64 --policy policies/strict.toml",
+                   "peo --store postgresql://peo@db:5432/agents node --app myagents:app --wait-for-store 60"],
                   cmd_node)
     sp.add_argument("--app", metavar="MODULE:ATTR", type=text_arg("--app"), help="the peo.App with the handlers")
     sp.add_argument("--profile", metavar="FILE", help="node profile (TOML), e.g. nodes/local.toml")
@@ -150,6 +179,14 @@ def _node_parser(sub: Subparsers) -> None:
                     help="existing signing key file (default: $PEO_HOME/keys/node.key, created on first use)")
     sp.add_argument("--until-idle", action="store_true",
                     help="exit 0 once no object is runnable, leased or due soon")
+    sp.add_argument("--wait-for-store", type=_wait_seconds, metavar="SECONDS",
+                    help="wait at most this long for a store that is locked or not up yet, logging each retry "
+                    "(default: wait until it opens; exit 1 when the time passes)")
+
+
+def _wait_seconds(value: str) -> float:
+    """--wait-for-store: seconds, 0 for no waiting at all."""
+    return 0.0 if value.strip() in ("0", "0.0") else positive_seconds(value)
 
 
 _PARSERS = {"node": _node_parser}

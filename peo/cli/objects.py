@@ -6,7 +6,18 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from .parser import add_verb, fail, labels, open_client, parse_json, positive_int, positive_seconds, text_arg
+from ..core.model import CANCEL_SIGNAL, Status
+from .parser import (
+    EXAMPLE_ID,
+    add_verb,
+    fail,
+    labels,
+    open_client,
+    parse_json,
+    positive_int,
+    positive_seconds,
+    text_arg,
+)
 from .render import clean
 
 if TYPE_CHECKING:
@@ -20,7 +31,8 @@ async def cmd_submit(args: argparse.Namespace) -> int:
     if not isinstance(goal, dict):
         fail("--goal must be a JSON object, e.g. '{\"steps\": 3}'")
     label_map = labels(args.label or [])
-    async with open_client(args, identity=args.identity) as client:
+    # No silent new key for a store whose objects were signed by keys kept elsewhere.
+    async with open_client(args, identity=args.identity, new_key=args.new_key) as client:
         oid = await client.submit(
             args.handler, goal, priority=args.priority, scope=args.scope, deadline=args.deadline,
             labels=label_map, max_failures=args.max_failures, max_steps=args.max_steps,
@@ -30,20 +42,32 @@ async def cmd_submit(args: argparse.Namespace) -> int:
 
 
 async def cmd_signal(args: argparse.Namespace) -> int:
+    if args.name == CANCEL_SIGNAL:
+        fail(f"signal name {CANCEL_SIGNAL!r} is reserved: use `peo cancel {clean(args.id)}`")
     payload = parse_json(args.payload, "--payload") if args.payload is not None else None
-    async with open_client(args) as client:
-        await client.signal(args.id, args.name, payload)
-    print(f"signal {clean(args.name)} sent to {clean(args.id)}")
+    async with open_client(args, create=False) as client:
+        await client.signal(args.id, args.name, payload)  # ObjectTerminatedError: exit 1, nothing written
+        info = await client.get(args.id, memory=False)
+    if info.status is Status.QUARANTINED:
+        print(f"signal {clean(args.name)} kept for {clean(args.id)}: the object is quarantined and reads it "
+              "only if it is resumed")
+    else:
+        print(f"signal {clean(args.name)} sent to {clean(args.id)}")
     return 0
 
 
 async def cmd_cancel(args: argparse.Namespace) -> int:
-    async with open_client(args) as client:
+    from ..client.reads import pending_signals
+
+    async with open_client(args, create=False) as client:
         info = await client.get(args.id, memory=False)
         if info.status.is_final:
             print(f"peo: error: object {clean(args.id)} is already {info.status}: nothing to cancel", file=sys.stderr)
             return 1
-        await client.cancel(args.id)
+        if CANCEL_SIGNAL in {s.name for s in await pending_signals(client.store, args.id)}:
+            print(f"cancellation of {clean(args.id)} already requested (a node records it on its next cycle)")
+            return 0
+        await client.cancel(args.id)  # the store adds no second cancel even if one raced us here
     print(f"cancellation requested for {clean(args.id)} (a node records it on its next cycle)")
     return 0
 
@@ -52,9 +76,9 @@ def _submit_parser(sub: Subparsers) -> None:
     sp = add_verb(sub, "submit", "create an object; prints its id",
                   "Create a new object that asks for HANDLER with a goal. Its instantiation entry is signed "
                   "with the client key. Prints only the new object's id, so it composes in scripts.",
-                  ["peo submit count --goal '{\"steps\": 10}'",
+                  ["peo submit research --goal '{\"docs\": 10}'",
                    "peo submit research --goal @goal.json --priority 5 --label team=search",
-                   "ID=$(peo submit count --goal '{\"steps\": 3}' --deadline 3600)"], cmd_submit)
+                   "ID=$(peo submit approval --deadline 3600)"], cmd_submit)
     sp.add_argument("handler", metavar="HANDLER", type=text_arg("handler"), help="capability (handler) name")
     sp.add_argument("--goal", metavar="JSON", type=text_arg("--goal"),
                     help="the goal: a JSON object, or @FILE to read it from a file (default: {})")
@@ -69,12 +93,16 @@ def _submit_parser(sub: Subparsers) -> None:
                     help="who submits (policies may accept only some identities; default: anonymous)")
     sp.add_argument("--max-failures", type=positive_int, metavar="N", help="consecutive failures before it fails")
     sp.add_argument("--max-steps", type=positive_int, metavar="N", help="step budget")
+    sp.add_argument("--new-key", action="store_true",
+                    help="create a new client key even though the store already has objects (then trust its .pub)")
 
 
 def _signal_parser(sub: Subparsers) -> None:
     sp = add_verb(sub, "signal", "send a named signal to an object",
-                  "Put a signal with an optional JSON payload in the object's inbox; an object waiting for it wakes.",
-                  ["peo signal 01J0ABC... approve --payload '{\"approved\": true}'"], cmd_signal)
+                  "Put a signal with an optional JSON payload in the object's inbox; an object waiting for it wakes. "
+                  "Exit 1 if the object has terminated (nothing is written); a quarantined object keeps the signal "
+                  "for when it is resumed. To cancel, use `peo cancel ID`.",
+                  [f"peo signal {EXAMPLE_ID} approve --payload '{{\"approved\": true}}'"], cmd_signal)
     sp.add_argument("id", metavar="ID", type=text_arg("object id"))
     sp.add_argument("name", metavar="NAME", type=text_arg("signal name"))
     sp.add_argument("--payload", metavar="JSON", type=text_arg("--payload"), help="any JSON value, or @FILE")
@@ -83,8 +111,9 @@ def _signal_parser(sub: Subparsers) -> None:
 def _cancel_parser(sub: Subparsers) -> None:
     sp = add_verb(sub, "cancel", "cancel an object",
                   "Request cancellation; the next cycle on any node terminates the object as cancelled and "
-                  "records it. Exit 1 if the object has already terminated.",
-                  ["peo cancel 01J0ABC..."], cmd_cancel)
+                  "records it. Exit 1 if the object has already terminated; a second cancel before a node "
+                  "records the first adds nothing and says so.",
+                  [f"peo cancel {EXAMPLE_ID}"], cmd_cancel)
     sp.add_argument("id", metavar="ID", type=text_arg("object id"))
 
 

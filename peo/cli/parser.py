@@ -25,10 +25,12 @@ if TYPE_CHECKING:  # annotations only; the verbs import what they use
 
 __all__ = [
     "DEFAULT_STORE",
+    "EXAMPLE_ID",
     "EXIT_CODES",
     "MAX_JSON_BYTES",
     "VERBS",
     "InputError",
+    "Parser",
     "add_verb",
     "build_parser",
     "fail",
@@ -55,12 +57,17 @@ VERBS: tuple[tuple[str, str], ...] = (
     ("reads", "ls"),
     ("reads", "show"),
     ("archive", "verify"),
+    ("resume", "resume"),
     ("objects", "signal"),
     ("objects", "cancel"),
     ("archive", "export"),
     ("archive", "import"),
+    ("keys", "keys"),
     ("demo", "demo"),
 )
+
+#: An object id as peo makes them (a UUIDv7), for the help's examples.
+EXAMPLE_ID = "01a250c5-bca2-7495-817f-4cc97f262c8b"
 
 EXIT_CODES = "exit codes: 0 success, 1 operation or verification failed, 2 bad usage or input"
 
@@ -206,38 +213,59 @@ def open_client(args: argparse.Namespace, **kw: Any) -> Client:
 _FORMATTER = argparse.RawDescriptionHelpFormatter
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with peo's one error format: ``peo: error: ...`` on stderr, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        hint = f"{self.prog} --help"
+        self.exit(2, f"peo: error: {message} (see `{hint}`)\n")
+
+
+def _global_options(p: argparse.ArgumentParser, *, after_verb: bool) -> None:
+    """--store and -v: before the verb, and (``after_verb``) after it too. After the verb
+    they default to SUPPRESS, so that a value given before the verb is kept."""
+    extra: dict[str, Any] = {"default": argparse.SUPPRESS} if after_verb else {}
+    p.add_argument("--store", metavar="URL", type=text_arg("store URL"),
+                   help="store URL: sqlite:///path.db or postgresql://... (default: $PEO_STORE or sqlite:///peo.db)",
+                   **extra)
+    p.add_argument("-v", "--verbose", action="count", help="log to stderr (-vv for debug detail)",
+                   **(extra or {"default": 0}))
+
+
 def add_verb(sub: Subparsers, name: str, summary: str, description: str, examples: Sequence[str],
              fn: VerbFunction) -> argparse.ArgumentParser:
-    """Add the subparser for one verb, with its examples and the exit codes in its help."""
+    """Add the subparser for one verb, with its examples and the exit codes in its help; the
+    global options (--store, -v) are accepted after the verb too."""
     sp = sub.add_parser(
         name, help=summary, description=description, formatter_class=_FORMATTER,
         epilog="examples:\n" + "\n".join(f"  {e}" for e in examples) + "\n\n" + EXIT_CODES,
     )
+    _global_options(sp, after_verb=True)
     sp.set_defaults(fn=fn)
     return sp
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="peo",
         formatter_class=_FORMATTER,
         description="Operate persistent executable objects: long-running agents whose intent, context and "
         "signed history travel with them, run by stateless nodes over a shared store.",
         epilog="examples:\n"
         "  peo init\n"
-        "  peo submit count --goal '{\"steps\": 5}'\n"
-        "  peo node --app myagents:app --until-idle\n"
-        "  peo ls\n"
+        "  peo submit research --goal '{\"docs\": 5}'\n"
+        "  peo node --app peo.demo:app --until-idle\n"
+        "  peo ls --handler research\n"
+        "  peo show 01a250c5-bca2-7495-817f-4cc97f262c8b\n"
         "  peo --store postgresql://postgres@127.0.0.1/peo verify\n\n"
-        "The store is --store URL, else $PEO_STORE, else sqlite:///peo.db in the current directory.\n"
+        "The store is --store URL (before or after the verb), else $PEO_STORE, else sqlite:///peo.db in the\n"
+        "current directory. Only init, submit, node, import and demo create a store.\n"
         "Keys live in $PEO_HOME/keys (default ./.peo/keys).\n" + EXIT_CODES,
     )
     from .. import __version__
 
     p.add_argument("--version", action="version", version=f"peo {__version__}")
-    p.add_argument("--store", metavar="URL", type=text_arg("store URL"),
-                   help="store URL: sqlite:///path.db or postgresql://... (default: $PEO_STORE or sqlite:///peo.db)")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="log to stderr (-vv for debug detail)")
+    _global_options(p, after_verb=False)
     sub = p.add_subparsers(dest="verb", metavar="VERB", required=True)
     for module, verb in VERBS:
         importlib.import_module(f"{__package__}.{module}").register(sub, verb)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .parser import add_verb, open_client, positive_int, text_arg
+from ..core.model import Status
+from .parser import EXAMPLE_ID, add_verb, open_client, positive_int, text_arg
 from .render import clean, compact, dumps, iso, jsonable, short_outcome, table, when
 
 if TYPE_CHECKING:
-    from ..core.model import ObjectInfo
+    from ..core.model import ObjectInfo, ObjectSummary
     from .parser import Subparsers
 
 __all__ = ["cmd_ls", "cmd_show", "register"]
@@ -20,8 +22,8 @@ _STATUSES = ("runnable", "running", "dormant", "terminated", "quarantined")
 
 
 async def cmd_ls(args: argparse.Namespace) -> int:
-    async with open_client(args) as client:
-        rows = await client.list(status=args.status, limit=args.limit)
+    async with open_client(args, create=False) as client:
+        rows = await client.list(status=args.status, limit=args.limit, handler=args.handler, parent=args.parent)
     if args.json:
         doc = [
             {"id": r.id, "status": r.status, "handler": r.handler, "seq": r.seq, "priority": r.priority,
@@ -33,18 +35,32 @@ async def cmd_ls(args: argparse.Namespace) -> int:
         print("[\n" + ",\n".join(lines) + "\n]" if lines else "[]")
         return 0
     if not rows:
-        print("no objects" + (f" with status {args.status}" if args.status else ""))
+        filters = [f"{k} {clean(v)}" for k, v in (("status", args.status), ("handler", args.handler),
+                                                    ("parent", args.parent)) if v]
+        print("no objects" + (f" with {' and '.join(filters)}" if filters else ""))
         return 0
     table(
         ("ID", "STATUS", "HANDLER", "SEQ", "PRIORITY", "REASON"),
-        ((r.id, r.status, r.handler, r.seq, r.priority, clean(r.reason or "", 60)) for r in rows),
+        ((r.id, r.status, r.handler, r.seq, r.priority, clean(_reason(r), 60)) for r in rows),
         sys.stdout,
     )
     return 0
 
 
+def _reason(r: ObjectSummary) -> str:
+    """The REASON column: why it ended, or for a dormant object what wakes it."""
+    if r.status is not Status.DORMANT:
+        return r.reason or ""
+    waits = [f"signal {r.waiting_for}"] if r.waiting_for else []
+    if r.waits_for_children:
+        waits.append("children")
+    if r.due_at is not None:
+        waits.append(f"until {when(r.due_at)}")
+    return "waits for " + " or ".join(waits) if waits else "waits (for nothing: a cancel wakes it)"
+
+
 async def cmd_show(args: argparse.Namespace) -> int:
-    async with open_client(args) as client:
+    async with open_client(args, create=False) as client:
         info = await client.get(args.id)
     if args.json:
         print(dumps(_show_doc(info)))
@@ -66,6 +82,7 @@ def _show_doc(info: ObjectInfo) -> dict[str, Any]:
         "result": info.result,
         "reason": info.reason,
         "state": info.state,
+        "last_error": _last_error(info),
         "memory": [
             {"seq": e.seq, "action": str(e.action), "timestamp": iso(e.timestamp), "timestamp_ns": e.timestamp,
              "origin_node": e.origin_node, "policy_ref": e.policy_ref, "signer": e.signer, "hash": e.hash,
@@ -102,10 +119,38 @@ def _show_head(info: ObjectInfo) -> list[tuple[str, str]]:
     return head
 
 
+def _last_error(info: ObjectInfo) -> dict[str, Any] | None:
+    """The error the last failed entry recorded: {seq, class, message, retryable, traceback}
+    (None for what an entry did not record), or None if no entry recorded one."""
+    for e in reversed(info.memory):
+        err = e.outcome.get("error")
+        if isinstance(err, Mapping):
+            tb = err.get("traceback")
+            return {"seq": e.seq, "class": err.get("class"), "message": err.get("message"),
+                    "retryable": err.get("retryable"), "traceback": tb if isinstance(tb, str) else None}
+        if isinstance(err, str):  # entries written before errors were structured
+            return {"seq": e.seq, "class": None, "message": err, "retryable": None, "traceback": None}
+    return None
+
+
+def _show_error(err: dict[str, Any]) -> None:
+    """The last error, after the head: its class and message, then its traceback."""
+    what = f"{err['class']}: {err['message']}" if err["class"] else str(err["message"])
+    retry = {True: " (retryable)", False: " (not retryable)"}.get(err["retryable"], "")
+    print(f"{'error':<9} {clean(what, 300)} at seq {err['seq']}{retry}")
+    if err["traceback"]:
+        for line in err["traceback"].rstrip("\n").splitlines():
+            print(f"          {clean(line)}")
+    print()
+
+
 def _show_text(info: ObjectInfo) -> None:
     for k, v in _show_head(info):
         print(f"{k:<9} {clean(v)}")
     print()
+    err = _last_error(info)
+    if err is not None:
+        _show_error(err)
     table(
         ("SEQ", "ACTION", "TIME (UTC)", "NODE", "OUTCOME"),
         ((e.seq, e.action, when(e.timestamp), clean(e.origin_node, 24), short_outcome(str(e.action), e.outcome))
@@ -118,22 +163,29 @@ def _show_text(info: ObjectInfo) -> None:
 
 def _ls_parser(sub: Subparsers) -> None:
     sp = add_verb(sub, "ls", "list objects",
-                  "List objects as a table (id, status, handler, seq, priority, reason), or as JSON with --json.",
-                  ["peo ls", "peo ls --status dormant", "peo ls --json --limit 100 | jq '.[].id'"], cmd_ls)
+                  "List objects as a table (id, status, handler, seq, priority, reason), or as JSON with --json. "
+                  "For a dormant object, REASON says what wakes it: a signal, its children, a time.",
+                  ["peo ls", "peo ls --status dormant --handler approval", f"peo ls --parent {EXAMPLE_ID}",
+                   "peo ls --json --limit 100 | jq '.[].id'"], cmd_ls)
     sp.add_argument("--status", choices=_STATUSES, help="only objects with this status")
     sp.add_argument("--json", action="store_true",
                     help="a JSON array of {id,status,handler,seq,priority,parent,reason}")
     sp.add_argument("--limit", type=positive_int, metavar="N", help="at most N objects")
+    sp.add_argument("--handler", metavar="NAME", type=text_arg("handler"), help="only objects asking for this handler")
+    sp.add_argument("--parent", metavar="ID", type=text_arg("parent id"),
+                    help="only the children of this object (those it delegated to)")
 
 
 def _show_parser(sub: Subparsers) -> None:
     sp = add_verb(sub, "show", "show one object and its memory",
-                  "Show an object's head (status, intent, context, state, result) and one line per memory entry. "
+                  "Show an object's head (status, intent, context, state, result), its last error with its "
+                  "traceback (if an entry recorded one) and one line per memory entry. "
                   "Memory is shown as stored; `peo verify ID` checks its signatures and hash links.",
-                  ["peo show 01J0ABC...", "peo show 01J0ABC... --json | jq .memory[-1]"], cmd_show)
+                  [f"peo show {EXAMPLE_ID}", f"peo show {EXAMPLE_ID} --json | jq .memory[-1]"], cmd_show)
     sp.add_argument("id", metavar="ID", type=text_arg("object id"))
     sp.add_argument("--json", action="store_true",
-                    help="{id,status,intent,context,result,reason,state,memory:[{seq,action,timestamp,...}]}; "
+                    help="{id,status,intent,context,result,reason,state,last_error,memory:[{seq,action,timestamp,"
+                    "...}]}; last_error is {seq,class,message,retryable,traceback} or null; "
                     "bytes appear as hex strings")
 
 

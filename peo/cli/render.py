@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import IO, Any
 
-__all__ = ["clean", "compact", "dumps", "iso", "jsonable", "short_outcome", "table", "when"]
+__all__ = ["clean", "compact", "dumps", "iso", "jsonable", "plural", "short_outcome", "table", "when"]
 
 
 def clean(text: object, limit: int | None = None) -> str:
@@ -25,6 +25,14 @@ def clean(text: object, limit: int | None = None) -> str:
     if limit is not None and len(s) > limit:
         s = s[: max(limit - 1, 0)] + "…"
     return s
+
+
+_PLURALS = {"entry": "entries", "child": "children"}
+
+
+def plural(n: int, word: str) -> str:
+    """``word`` for a count of ``n``: "1 entry", "2 entries", "1 claim", "3 claims"."""
+    return word if n == 1 else _PLURALS.get(word, word + "s")
 
 
 def jsonable(value: Any) -> Any:
@@ -117,7 +125,8 @@ def short_outcome(action: str, o: Mapping[str, Any], limit: int = 100) -> str:
         if isinstance(wake.get("until"), int):
             parts.append(f"until {when(wake['until'])[11:]}")  # the time of day; the date is in TIME
     if isinstance(o.get("children"), list):
-        parts.append(f"{len(o['children'])} children" + (" (wait)" if o.get("wait") else ""))
+        n = len(o["children"])
+        parts.append(f"{n} {plural(n, 'child')}" + (" (wait)" if o.get("wait") else ""))
     if action == "mutate" and isinstance(o.get("new"), Mapping):
         parts.append("refined " + ", ".join(sorted(map(str, o["new"]))))
     if action == "execute" and o.get("status") == "cannot_do":

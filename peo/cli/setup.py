@@ -24,12 +24,14 @@ async def cmd_init(args: argparse.Namespace) -> int:
     existed: bool | None = None
     if url.startswith("sqlite:"):
         existed = os.path.exists(getattr(store, "path", ""))
-    async with store:
-        pass  # opening brings the schema to the current version (idempotent)
+    try:
+        await store.open(force=args.force)  # brings the schema to the current version (idempotent)
+    finally:
+        await store.aclose()
     state = "" if existed is None else (" (existing)" if existed else " (created)")
     print(f"store       {clean(url)}: schema ready{state}")
     for name, label in (("client", "client key"), ("node", "node key")):
-        path = keys.key_path(name)
+        path = keys.key_path(name, url)
         was = path.exists()
         key = keys.load_key(path, name)
         print(f"{label:<11} {clean(path)}: {'existing' if was else 'created'} (key id {key.key_id})")
@@ -37,10 +39,15 @@ async def cmd_init(args: argparse.Namespace) -> int:
 
 
 def _init_parser(sub: Subparsers) -> None:
-    add_verb(sub, "init", "create the store schema and the local keys (idempotent)",
-             "Create the store's schema (or bring it up to date), the client signing key and the default node "
-             "signing key in $PEO_HOME/keys. Safe to run again: existing keys and objects are kept.",
-             ["peo init", "peo --store sqlite:///var/peo/fleet.db init"], cmd_init)
+    sp = add_verb(sub, "init", "create the store schema and the local keys (idempotent)",
+                  "Create the store's schema (or bring it up to date), the client signing key and the default "
+                  "node signing key in $PEO_HOME/keys. Safe to run again: existing keys and objects are kept. "
+                  "Refuses a database (SQLite file, PostgreSQL schema) that already holds other tables unless "
+                  "--force.",
+                  ["peo init", "peo --store sqlite:///var/peo/fleet.db init",
+                   "peo --store 'postgresql://postgres@127.0.0.1/app?schema=peo' init"], cmd_init)
+    sp.add_argument("--force", action="store_true",
+                    help="add peo's tables even to a database that holds other tables")
 
 
 _PARSERS = {"init": _init_parser}

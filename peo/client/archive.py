@@ -3,19 +3,27 @@ checks it with the verifier's own keyring (never keys carried by the object)."""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import time
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..core.codec import Limits, packb, unpackb
-from ..core.crypto import Keyring
+from ..core.crypto import Keyring, SigningKey
 from ..core.head import head_of
 from ..core.memory import Fold, verify_chain
-from ..core.model import Status
+from ..core.model import Entry, Status
 from ..errors import CodecError, IntegrityError
 from ..store import NewObject, Store
 
-__all__ = ["EXPORT_FORMAT", "export", "import_", "verify"]
+__all__ = ["EXPORT_FORMAT", "EXPORT_VERSION", "export", "import_", "verify"]
+
+log = logging.getLogger("peo.client")
 
 EXPORT_FORMAT = "peo-export"
+#: 2: a signed trailer names the head (v1 files, without one, are still read).
+EXPORT_VERSION = 2
 # An export holds [body, signature] pairs: 3 items per entry, so a million entries fit.
 _EXPORT_LIMITS = Limits(max_bytes=256 << 20, depth=4, items=3_000_000)
 
@@ -43,22 +51,69 @@ async def verify(store: Store, keyring: Keyring, object_id: str) -> int:
     return len(entries)
 
 
-async def export(store: Store, object_id: str) -> bytes:
-    """One self-contained file: the object id and its whole memory, as signed."""
+async def export(store: Store, object_id: str, key: SigningKey) -> bytes:
+    """One self-contained file: the object id, its whole memory as signed, and a trailer
+    naming its head (seq and hash of the last entry, and the entry count) signed with
+    ``key`` (the exporting client's), so that a file cut short is refused on import."""
     await store.get(object_id)  # NotFoundError for an unknown id
     rows = await store.entries(object_id)
-    return packb({"format": EXPORT_FORMAT, "v": 1, "id": object_id, "entries": [[b, s] for b, s in rows]})
+    if not rows:
+        raise IntegrityError("the object has no entries", object_id=object_id)
+    # The head as the rows stand (seqs run from 0 in a sound chain; the importer verifies
+    # the chain, then holds the trailer to it). Not decoded: a damaged object still exports.
+    trailer: dict[str, Any] = {"seq": len(rows) - 1, "hash": hashlib.sha256(rows[-1][0]).digest(),
+                               "entries": len(rows), "signer": key.key_id}
+    trailer["sig"] = key.sign(_signed_bytes(object_id, rows, trailer))
+    return packb({"format": EXPORT_FORMAT, "v": EXPORT_VERSION, "id": object_id,
+                  "entries": [[b, s] for b, s in rows], "trailer": trailer})
+
+
+def _signed_bytes(object_id: str, rows: Sequence[tuple[bytes, bytes]], trailer: Mapping[str, Any]) -> bytes:
+    """What a trailer's signature covers: the file's content in one canonical encoding
+    (independent of how the file orders its map keys)."""
+    return packb([EXPORT_FORMAT, EXPORT_VERSION, object_id, [[b, s] for b, s in rows],
+                  trailer["seq"], trailer["hash"], trailer["entries"], trailer["signer"]])
+
+
+def _decode(data: bytes) -> dict[str, Any]:
+    """The export document, or CodecError saying why the bytes are not one."""
+    try:
+        doc = unpackb(data, _EXPORT_LIMITS)
+    except CodecError as exc:
+        if EXPORT_FORMAT.encode() in bytes(data[:64]):
+            raise CodecError(f"the export file is damaged or cut short ({exc})") from None
+        raise CodecError("not a peo export file (it is not msgpack: was it written by peo export?)") from None
+    if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
+        raise CodecError("not a peo export file")
+    if doc.get("v") not in (1, EXPORT_VERSION):
+        raise CodecError(f"unsupported export version {doc.get('v')!r} (this peo reads 1 and {EXPORT_VERSION})")
+    return doc
+
+
+def _check_trailer(doc: Mapping[str, Any], rows: Sequence[tuple[bytes, bytes]], entries: Sequence[Entry],
+                   scope: str, keyring: Keyring) -> None:
+    """The signed trailer of a v2 export must be intact and name the head the file holds."""
+    oid, t = doc["id"], doc.get("trailer")
+    fields = {"seq": int, "hash": bytes, "entries": int, "signer": str, "sig": bytes}
+    if not isinstance(t, dict) or any(not isinstance(t.get(k), v) for k, v in fields.items()):
+        raise IntegrityError("the export has no valid signed trailer: it may be cut short", object_id=oid)
+    last = entries[-1]
+    if (t["entries"], t["seq"], t["hash"]) != (len(entries), last.seq, last.hash):
+        raise IntegrityError(
+            f"the export is cut short: its trailer names {t['entries']} entries up to seq {t['seq']}, "
+            f"the file holds {len(entries)} up to seq {last.seq}", object_id=oid)
+    try:
+        keyring.verify(t["signer"], scope, _signed_bytes(oid, rows, t), t["sig"])
+    except IntegrityError as exc:
+        raise IntegrityError(f"the export's trailer: {exc.reason}", object_id=oid) from None
 
 
 async def import_(store: Store, keyring: Keyring, data: bytes) -> str:
     """Verify an exported object against ``keyring``, then store it with the head its
-    memory implies. A tampered or untrusted file is refused with IntegrityError; nothing
-    is written."""
-    doc = unpackb(data, _EXPORT_LIMITS)
-    if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
-        raise CodecError("not a peo export file")
-    if doc.get("v") != 1:
-        raise CodecError(f"unsupported export version {doc.get('v')!r}")
+    memory implies. A tampered, cut short or untrusted file is refused with
+    IntegrityError, one that is not an export with CodecError; nothing is written. A file
+    of the previous format (v1, no trailer) is accepted with a warning."""
+    doc = _decode(data)
     oid, raw = doc.get("id"), doc.get("entries")
     if not isinstance(oid, str) or not isinstance(raw, list) or not raw:
         raise CodecError("export file has no id or no entries")
@@ -69,8 +124,13 @@ async def import_(store: Store, keyring: Keyring, data: bytes) -> str:
         rows.append((pair[0], pair[1]))
     _, entries = verify_chain(oid, rows, keyring)
     fold = Fold.of(entries)
-    now = time.time_ns()
     ctx = fold.context
+    if doc["v"] == 1:
+        log.warning("export of %s is in the previous format (v1, without a signed trailer): a file cut short "
+                    "cannot be detected; export it again with this peo if you can", oid)
+    else:
+        _check_trailer(doc, rows, entries, ctx.trust_scope, keyring)
+    now = time.time_ns()
     obj = NewObject(oid, fold.intent.handler, ctx.trust_scope, ctx.identity, ctx.priority, ctx.parent, entries[0], now)
     await store.import_object(obj, entries[1:], head_of(fold, now=now), now=now)
     return oid

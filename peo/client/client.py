@@ -20,7 +20,7 @@ from ..core.model import CANCEL_SIGNAL, Action, Constraints, Context, Intent, Ob
 from ..core.policy import Policy
 from ..errors import CodecError, PolicyError, UsageError
 from ..ids import new_id
-from ..keys import keyring_for, load_key
+from ..keys import guard_new_key, keyring_for, load_key
 from ..store import NewObject, Store, open_store
 from . import archive, reads
 
@@ -38,6 +38,8 @@ class Client:
         identity: str = "anonymous",
         policy: Policy | str | os.PathLike[str] | None = None,
         keyring: Keyring | None = None,
+        create: bool = True,
+        new_key: bool = False,
     ):
         self.store = store if isinstance(store, Store) else open_store(store_url(store))
         self._owns_store = not isinstance(store, Store)
@@ -46,11 +48,16 @@ class Client:
         self._key_arg = key
         self._key: SigningKey | None = key if isinstance(key, SigningKey) else None
         self._keyring = keyring
+        # False: a store that does not exist yet is an error ("run peo init"), not created.
+        self._create = create
+        # True: a client key may be created for a store that already holds objects (they
+        # were signed by keys kept elsewhere; see peo.keys.guard_new_key).
+        self._new_key = new_key
 
     @property
     def key(self) -> SigningKey:
         if self._key is None:
-            self._key = load_key(self._key_arg, "client")
+            self._key = load_key(self._key_arg, "client", self.store.url)
         return self._key
 
     @property
@@ -59,7 +66,7 @@ class Client:
             # Reading and verifying must not create a key: trust this client's own key only
             # if it already exists (the local key directory holds its .pub anyway).
             own = [self._key] if self._key is not None else []
-            self._keyring = keyring_for(self.policy, *own)
+            self._keyring = keyring_for(self.policy, *own, store=self.store.url)
         return self._keyring
 
     async def __aenter__(self) -> Client:
@@ -71,7 +78,7 @@ class Client:
 
     async def open(self) -> None:
         if self._owns_store:
-            await self.store.open()
+            await self.store.open(create=self._create)
 
     async def aclose(self) -> None:
         if self._owns_store:
@@ -147,13 +154,21 @@ class Client:
         max_steps: int | None = None,
     ) -> str:
         """Create an object; returns its id. Input is checked before anything is written."""
+        await self._guard_key()
         obj = self._prepare(handler, goal, priority=priority, scope=scope, deadline=deadline, labels=labels,
                             max_failures=max_failures, max_steps=max_steps, now=time.time_ns())
         await self.store.create([obj])
         return obj.id
 
+    async def _guard_key(self) -> None:
+        """Before this client's default key is created: refuse to mint one for a store that
+        already holds objects, unless ``new_key=True`` (their signers' keys are elsewhere)."""
+        if self._key is None and self._key_arg is None:
+            await guard_new_key(self.store, "client", new_key=self._new_key)
+
     async def submit_many(self, handler: str, goals: Sequence[Mapping[str, Any]], **options: Any) -> list[str]:
         """Create many objects in one transaction (all or none); returns their ids."""
+        await self._guard_key()
         now = time.time_ns()
         objs = [self._prepare(handler, g, now=now, **{"priority": 0, "scope": "default", "deadline": None,
                                                        "labels": None, "max_failures": None, "max_steps": None,
@@ -165,14 +180,18 @@ class Client:
     # -- signalling -----------------------------------------------------------------------
 
     async def signal(self, object_id: str, name: str, payload: Any = None) -> None:
-        """Deliver a named signal (with a JSON-like payload) to an object's inbox."""
+        """Deliver a named signal (with a JSON-like payload) to an object's inbox.
+
+        Raises NotFoundError for an unknown id and ObjectTerminatedError if the object has
+        terminated (no cycle would ever read the signal; nothing is written). A signal to a
+        quarantined object is kept in its inbox: it is read if the object is resumed."""
         try:
             check_name(name, "signal name")
             check_value(payload, Limits(max_bytes=self.policy.max_payload_bytes), what="payload")
         except CodecError as exc:
             raise UsageError(str(exc)) from None
         if name == CANCEL_SIGNAL:
-            raise UsageError(f"{CANCEL_SIGNAL!r} is reserved: use cancel()")
+            raise UsageError(f"signal name {CANCEL_SIGNAL!r} is reserved: use Client.cancel() (peo cancel ID)")
         await self.store.signal(object_id, name, payload, now=time.time_ns())
 
     async def cancel(self, object_id: str) -> None:
@@ -186,9 +205,9 @@ class Client:
         return await reads.get(self.store, object_id, memory=memory)
 
     async def list(self, *, status: str | None = None, limit: int | None = None,
-                   parent: str | None = None) -> list[ObjectSummary]:
+                   parent: str | None = None, handler: str | None = None) -> list[ObjectSummary]:
         """Objects ordered by id (oldest first); ``status`` may be "running"."""
-        return await reads.list_objects(self.store, status=status, limit=limit, parent=parent)
+        return await reads.list_objects(self.store, status=status, limit=limit, parent=parent, handler=handler)
 
     async def wait(self, object_id: str, timeout: float | None = None, *, poll: float = 0.05) -> Any:
         """Wait until the object terminates; return its result.
@@ -206,10 +225,43 @@ class Client:
         return await archive.verify(self.store, self.keyring, object_id)
 
     async def export(self, object_id: str) -> bytes:
-        """One self-contained file: the object id and its whole memory, as signed."""
-        return await archive.export(self.store, object_id)
+        """One self-contained file: the object id, its whole memory as signed, and a trailer
+        naming its head, signed with this client's key (an import refuses a file cut short)."""
+        return await archive.export(self.store, object_id, self.key)
 
     async def import_(self, data: bytes) -> str:
         """Verify an exported object against this client's keyring, then store it.
         A tampered or untrusted file is refused with IntegrityError; nothing is written."""
         return await archive.import_(self.store, self.keyring, data)
+
+    async def resume(self, object_id: str) -> ObjectInfo:
+        """Put a quarantined object back in play once its chain verifies with this client's
+        keyring (after the trust set was fixed); returns its head (and no memory) afterwards.
+
+        The whole chain is verified again; if it passes, the head its memory folds to
+        (:func:`~peo.core.head.head_of`) is written back with ``Store.requalify``. No entry
+        is appended: quarantine is a flag on the head, not an entry in the chain. Raises
+        IntegrityError naming the first bad seq if it still fails (nothing changes),
+        UsageError if the object is not quarantined, NotFoundError for an unknown id."""
+        from ..core.head import head_of
+        from ..core.memory import Fold, verify_chain
+        from ..core.model import Status
+        from ..errors import CodecError, IntegrityError
+
+        row = await self.store.get(object_id)
+        if row.status is not Status.QUARANTINED:
+            raise UsageError(f"object {object_id} is {row.status}, not quarantined: nothing to resume")
+        tip, entries = verify_chain(object_id, await self.store.entries(object_id), self.keyring)
+        if tip is None or tip.seq != row.seq or tip.hash != row.head:
+            last = -1 if tip is None else tip.seq
+            raise IntegrityError(f"the head (seq {row.seq}) does not match the memory (which ends at seq {last})",
+                                 object_id=object_id, seq=row.seq)
+        try:
+            fold = Fold.of(entries)
+        except CodecError as exc:
+            raise IntegrityError(f"entry 0 does not structure: {exc}", object_id=object_id, seq=0) from None
+        now = time.time_ns()
+        head = head_of(fold, now=now)
+        if not await self.store.requalify(object_id, head, now=now):
+            raise UsageError(f"object {object_id} is no longer quarantined (resumed meanwhile?)")
+        return await self.get(object_id, memory=False)

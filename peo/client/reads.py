@@ -15,11 +15,11 @@ from typing import Any
 
 from ..core.codec import decode_body, structure, unpackb
 from ..core.memory import Fold
-from ..core.model import Action, Context, Entry, Intent, ObjectInfo, ObjectSummary, Status
+from ..core.model import Action, Context, Entry, Intent, ObjectInfo, ObjectSummary, Signal, Status
 from ..errors import CodecError, IntegrityError, ObjectFailedError, TimeoutError, UsageError
 from ..store import ObjectRow, Store
 
-__all__ = ["get", "list_objects", "summary", "wait"]
+__all__ = ["get", "list_objects", "pending_signals", "summary", "wait"]
 
 
 def summary(row: ObjectRow, now: int) -> ObjectSummary:
@@ -33,12 +33,19 @@ def summary(row: ObjectRow, now: int) -> ObjectSummary:
 
 
 async def list_objects(store: Store, *, status: str | None = None, limit: int | None = None,
-                       parent: str | None = None) -> list[ObjectSummary]:
+                       parent: str | None = None, handler: str | None = None) -> list[ObjectSummary]:
+    """Objects ordered by id (oldest first), filtered by status, parent and/or handler."""
     if status is not None and status not in {s.value for s in Status}:
         raise UsageError(f"unknown status {status!r}: use one of {', '.join(s.value for s in Status)}")
     now = time.time_ns()
-    rows = await store.list(status=status, limit=limit, parent=parent, now=now)
+    rows = await store.list(status=status, limit=limit, parent=parent, now=now, handler=handler)
     return [summary(r, now) for r in rows]
+
+
+async def pending_signals(store: Store, object_id: str) -> list[Signal]:
+    """The signals waiting in the object's inbox, oldest first (NotFoundError if none)."""
+    await store.get(object_id)
+    return await store.inbox(object_id)
 
 
 async def get(store: Store, object_id: str, *, memory: bool = True) -> ObjectInfo:
@@ -58,12 +65,21 @@ async def wait(store: Store, object_id: str, timeout: float | None = None, *, po
         if row.status is Status.TERMINATED:
             if row.reason == "done":
                 return unpackb(row.result) if row.result is not None else None
-            raise ObjectFailedError(object_id, "terminated", row.reason)
+            raise ObjectFailedError(object_id, "terminated", row.reason, await last_error(store, object_id))
         if row.status is Status.QUARANTINED:
             raise ObjectFailedError(object_id, "quarantined", row.reason)
         if deadline is not None and time.monotonic() >= deadline:
             raise TimeoutError(f"object {object_id} is still {row.status} after {timeout} s")
         await asyncio.sleep(poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic())))
+
+
+async def last_error(store: Store, object_id: str) -> dict[str, Any] | None:
+    """The error the object's memory recorded last (a failed step), or None."""
+    for entry in reversed(_decode_all(await store.entries(object_id))):
+        error = entry.outcome.get("error")
+        if isinstance(error, dict):
+            return error
+    return None
 
 
 def _decode_all(rows: Sequence[tuple[bytes, bytes]]) -> list[Entry]:

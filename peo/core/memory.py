@@ -154,6 +154,7 @@ class Fold:
     """
 
     __slots__ = (
+        "attempt_seq",
         "cannot_do",
         "children",
         "consecutive_failures",
@@ -194,6 +195,10 @@ class Fold:
         self.cannot_do: set[str] = set()
         self.last_latency = 0
         self.last_error_class: str | None = None
+        # The seq of the first attempt of the step in progress, once an attempt has failed:
+        # every attempt of one step shares its idempotency key ("object id:attempt_seq")
+        # until the step succeeds. None: the next step starts afresh at seq + 1.
+        self.attempt_seq: int | None = None
 
     @classmethod
     def of(cls, entries: Sequence[Entry]) -> Fold:
@@ -227,11 +232,15 @@ class Fold:
             kind = out.get("status", "ok")
             if kind == "ok":
                 self.consecutive_failures = 0
+                self.attempt_seq = None
             elif kind in ("refused", "invalid"):
                 self.consecutive_failures += 1
                 self.failures += 1
+                if self.attempt_seq is None:
+                    self.attempt_seq = entry.seq
             elif kind == "cannot_do":
                 self.cannot_do.add(out["capability"])
+                self.attempt_seq = None
             if action is Action.MUTATE:
                 new = out["new"]
                 if "goal" in new:
@@ -252,8 +261,11 @@ class Fold:
                 self.consecutive_failures += 1
                 self.failures += 1
                 self.last_error_class = out.get("error", {}).get("class")
+                if self.attempt_seq is None:
+                    self.attempt_seq = entry.seq
             else:
                 self.consecutive_failures = 0
+                self.attempt_seq = None
             self.status = Status.DORMANT
             self.wait = out["wake"]
         elif action is Action.REENTRY:
@@ -264,9 +276,10 @@ class Fold:
             )
         elif action is Action.TERMINATE:
             self.status = Status.TERMINATED
+            self.attempt_seq = None
             self.reason = out.get("reason")
             self.result = out.get("result")
-            if out.get("status") == "failed":
+            if out.get("status") in ("failed", "refused", "invalid"):
                 self.failures += 1
             self.wait = None
         elif action is Action.INSTANTIATE:  # pragma: no cover - verify_chain refuses it

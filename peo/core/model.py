@@ -218,8 +218,11 @@ class Step:
 
     ``memory`` is the verified log (a read-only sequence shared with the node, not a copy);
     ``signals`` are the signals delivered to this step; ``children`` maps each finished
-    child's id to its result. ``idempotency_key`` (``object id:seq``) is the same every time
-    this step is attempted, so tools can de-duplicate side effects with it.
+    child's id to its result. ``idempotency_key`` (``object id:seq`` of the step's first
+    attempt) is the same every time this step is attempted, whether the earlier attempt
+    crashed or failed, so tools can de-duplicate side effects with it; ``attempt`` counts the
+    failed attempts before this one, plus one. A new key begins with the next step after a
+    success (an execute, delegate, refine, sleep or signal wait).
     """
 
     object_id: str
@@ -232,6 +235,7 @@ class Step:
     children: Mapping[str, Any] = attrs.field(factory=dict)
     attempt: int = 1
     cannot_do: frozenset[str] = frozenset()
+    first_seq: int | None = None  # the seq of this step's first attempt, if an earlier one failed
 
     @property
     def goal(self) -> dict[str, Any]:
@@ -239,7 +243,9 @@ class Step:
 
     @property
     def idempotency_key(self) -> str:
-        return f"{self.object_id}:{self.seq}"
+        """``object id:seq`` of this step's first attempt: the same for every attempt of the
+        step (after a crash, a lost lease or a failure) until the step succeeds."""
+        return f"{self.object_id}:{self.seq if self.first_seq is None else self.first_seq}"
 
 
 @attrs.frozen

@@ -50,7 +50,8 @@ def _pacing(value: float | None, default: float) -> float:
 _SECTIONS: dict[str, tuple[str, ...]] = {
     "accept": ("trust_scopes", "identities", "handlers"),
     "trust": ("local_keys", "keys"),
-    "limits": ("max_payload_bytes", "max_children", "child_handlers", "max_sleep_seconds", "handler_timeout"),
+    "limits": ("max_payload_bytes", "max_children", "child_handlers", "max_sleep_seconds", "handler_timeout",
+               "max_traceback_bytes"),
     "thresholds": ("max_failures", "max_steps", "max_cannot_do"),
     "retry": ("base_seconds", "max_seconds"),
     "refine": ("may_relax",),
@@ -92,6 +93,7 @@ class Policy:
     child_handlers: frozenset[str] = frozenset({"*"})
     max_sleep_seconds: float = 2_592_000.0
     handler_timeout: float = 300.0
+    max_traceback_bytes: int = 8192
     max_failures: int = 5
     max_steps: int = 100_000
     max_cannot_do: int = 32
@@ -142,6 +144,7 @@ class Policy:
             child_handlers=_names(limits.get("child_handlers", ["*"]), f"{source}: [limits] child_handlers"),
             max_sleep_seconds=float(num(limits, "limits", "max_sleep_seconds", d.max_sleep_seconds)),
             handler_timeout=float(num(limits, "limits", "handler_timeout", d.handler_timeout, minimum=0.001)),
+            max_traceback_bytes=num(limits, "limits", "max_traceback_bytes", d.max_traceback_bytes, integer=True),
             max_failures=num(thresholds, "thresholds", "max_failures", d.max_failures, integer=True, minimum=1),
             max_steps=num(thresholds, "thresholds", "max_steps", d.max_steps, integer=True, minimum=1),
             max_cannot_do=num(thresholds, "thresholds", "max_cannot_do", d.max_cannot_do, integer=True),

@@ -73,8 +73,8 @@ class Node:
         self.lease_ns = int(self.settings.lease_ttl * 1e9)
         self.idle_horizon_ns = int(self.settings.idle_horizon * 1e9)
         self.policy = resolve_policy(policy if policy is not None else self.settings.policy)
-        self.key = load_key(key if key is not None else self.settings.key_file, "node")
-        self.keyring = keyring if keyring is not None else keyring_for(self.policy, self.key)
+        self.key = load_key(key if key is not None else self.settings.key_file, "node", self.store.url)
+        self.keyring = keyring if keyring is not None else keyring_for(self.policy, self.key, store=self.store.url)
         self.clock = clock
         self.stats = {"steps": 0, "claims": 0, "quarantined": 0, "conflicts": 0, "commits": 0}
         self.leases = Leases(self.store, self.node_id, self.lease_ns, clock)

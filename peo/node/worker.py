@@ -13,8 +13,12 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import os
+import sys
 import time
+import traceback
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import faultpoints
@@ -35,6 +39,22 @@ if TYPE_CHECKING:
 __all__ = ["Worker"]
 
 log = logging.getLogger("peo.node")
+
+# Frames left out of a handler's traceback: the node calling it, and the event loop or the
+# thread pool in between (a handler's own frames, even in peo/demo.py, stay).
+_PLUMBING = tuple(
+    str(Path(str(m.__file__)).resolve().parent) + os.sep
+    for m in (asyncio, concurrent.futures, sys.modules[__package__])
+)
+
+
+def handler_traceback(exc: BaseException) -> str:
+    """The traceback of a handler's exception, without the frames of peo itself (the
+    node's own call into the handler says nothing about the handler's bug)."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(_PLUMBING)]
+    lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames),
+             *traceback.format_exception_only(exc)]
+    return "".join(lines)
 
 
 class Worker:
@@ -150,25 +170,38 @@ class Worker:
             children=await self._children(fold) if fold.children else {},
             attempt=fold.consecutive_failures + 1,
             cannot_do=frozenset(fold.cannot_do),
+            first_seq=fold.attempt_seq,
         )
         timeout = handler.timeout or node.policy.handler_timeout
         started = time.perf_counter_ns()
         proposal: object
+        tb: str | None = None
+        # asyncio.timeout, not wait_for: no extra task per step on the hot path.
+        limit = asyncio.timeout(timeout)
         try:
-            # asyncio.timeout, not wait_for: no extra task per step on the hot path.
-            async with asyncio.timeout(timeout):
+            async with limit:
                 if handler.is_async:
                     proposal = await handler.fn(step)
                 else:
                     proposal = await asyncio.get_running_loop().run_in_executor(self.pool, handler.fn, step)
         except Exception as exc:  # a handler's failure is data for the cycle, not a crash
-            proposal = exc
+            if isinstance(exc, TimeoutError) and limit.expired():
+                proposal = TimeoutError(f"the handler did not finish within {timeout:g} s")
+            else:  # including a TimeoutError of the handler's own (a tool timed out): it says where
+                proposal, tb = exc, handler_traceback(exc)
         latency = time.perf_counter_ns() - started
         if faultpoints.ARMED:
             faultpoints.hit("node.after_handler")
         child_ids = [new_id() for _ in proposal.children] if isinstance(proposal, Delegate) else []
-        return conclude(fold, node.policy, proposal, now=node.clock(), latency_ns=latency,
-                        signals=signals, child_ids=child_ids)
+        decision = conclude(fold, node.policy, proposal, now=node.clock(), latency_ns=latency,
+                            signals=signals, child_ids=child_ids, traceback=tb)
+        error = decision.outcome.get("error")
+        if error is not None:
+            # One line per failed step, so that a failing handler shows on the node's stderr.
+            log.warning("step_failed id=%s seq=%d handler=%s attempt=%d error=%s: %s then=%s",
+                        fold.object_id, fold.seq + 1, fold.intent.handler, step.attempt, error["class"],
+                        error["message"][:300], decision.outcome.get("reason") or decision.action)
+        return decision
 
     async def _children(self, fold: Fold) -> dict[str, Any]:
         """Each finished child's id mapped to its result (None if it ended without one)."""

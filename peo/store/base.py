@@ -118,9 +118,15 @@ class Store(abc.ABC):
         await self.aclose()
 
     @abc.abstractmethod
-    async def open(self) -> None:
+    async def open(self, *, create: bool = True, force: bool = False) -> None:
         """Connect and bring the schema to the current version (idempotent, migrations
-        numbered and recorded in a version table)."""
+        numbered and recorded in a version table).
+
+        With ``create=False`` a store that does not exist yet (no SQLite file, no peo
+        schema in the database) is not created: StoreError "no peo store at URL; run peo
+        init", and nothing is written. Tables are never added to a database (an SQLite
+        file, a PostgreSQL schema) that already holds tables other than peo's, unless
+        ``force``: StoreError naming them. Neither error is retryable."""
 
     @abc.abstractmethod
     async def aclose(self) -> None: ...
@@ -193,7 +199,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def signal(self, object_id: str, name: str, payload: Any, *, now: int) -> int:
         """Put a signal in the object's inbox and wake the object if it waits for it.
-        Raises NotFoundError for an unknown id. Returns the signal id."""
+        Raises NotFoundError for an unknown id and ObjectTerminatedError for a terminated
+        object (checked in the same transaction: nothing is written). A quarantined
+        object's signals are kept. A cancel (``peo.cancel``) while an earlier one is still
+        in the inbox adds nothing and returns the earlier one's id. Returns the signal id."""
 
     @abc.abstractmethod
     async def inbox(self, object_id: str) -> list[Signal]:
@@ -205,8 +214,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def list(self, *, status: Status | str | None = None, limit: int | None = None,
-                   parent: str | None = None, now: int | None = None) -> list[ObjectRow]:
-        """Heads ordered by id, of one ``status`` and/or one ``parent`` if given.
+                   parent: str | None = None, now: int | None = None,
+                   handler: str | None = None) -> list[ObjectRow]:
+        """Heads ordered by id, of one ``status``, one ``parent`` and/or one ``handler`` if given.
 
         ``status`` may be "running" (runnable with a lease live at ``now``): it needs
         ``now``, else UsageError (a store never reads the clock)."""
@@ -232,3 +242,15 @@ class Store(abc.ABC):
         import asyncio
 
         await asyncio.sleep(timeout)
+
+    @abc.abstractmethod
+    async def requalify(self, object_id: str, head: Head, *, now: int) -> bool:
+        """Put a quarantined object back in play with ``head``, the head its memory folds
+        to (:func:`~peo.core.head.head_of`), in one transaction: its status, due time, wait
+        and outcome are written as they are (the quarantine reason is replaced by the
+        head's), except that a dormant head is made due at once if a wake rule already
+        holds (a signal kept while it was quarantined, children that have all ended), as
+        an append does. Seq and head hash are unchanged: quarantine is a flag on the head,
+        not an entry, so requalifying appends none. Returns False, changing nothing, if the
+        object is not quarantined (another operator resumed it first); NotFoundError for
+        an unknown id."""

@@ -19,9 +19,9 @@ from typing import Any, ClassVar
 
 from ..core.codec import packb, unpackb
 from ..core.head import Head
-from ..core.model import Entry, Signal, Status
+from ..core.model import CANCEL_SIGNAL, Entry, Signal, Status
 from ..core.wake import child_end_wakes, due_case, final_statuses_sql, live_statuses_sql, signal_wakes
-from ..errors import CodecError, NotFoundError, StoreError, UsageError
+from ..errors import CodecError, NotFoundError, ObjectTerminatedError, StoreError, UsageError
 from .base import STORED_STATUSES, AppendItem, NewObject, ObjectRow, Store
 
 __all__ = [
@@ -38,6 +38,8 @@ __all__ = [
     "append_head",
     "append_values",
     "blob",
+    "check_creatable",
+    "check_signal_target",
     "entry_values",
     "import_head",
     "import_values",
@@ -47,6 +49,7 @@ __all__ = [
     "list_query",
     "memories",
     "migrations_to_run",
+    "no_store",
     "object_row",
     "object_values",
     "parent_to_wake",
@@ -234,6 +237,22 @@ def is_due(due_at: int | None, now: int) -> bool:
     return due_at is not None and due_at <= now
 
 
+def check_signal_target(object_id: str, row: Sequence[Any] | None) -> None:
+    """Inside a signal's transaction, with the object's (status, reason) row (None: no such
+    object): raise unless a signal to it may still be read. A quarantined object keeps
+    its signals (it may be resumed); a terminated one never reads them."""
+    if row is None:
+        raise NotFoundError(f"no object {object_id}")
+    if row[0] == Status.TERMINATED.value:
+        raise ObjectTerminatedError(object_id, row[1])
+
+
+#: A signal's target: its (status, reason), read in the signal's transaction.
+SIGNAL_TARGET = "SELECT status, reason FROM objects WHERE id = {}"
+#: An earlier cancel still in the inbox (a second cancel adds nothing: see Store.signal).
+PENDING_CANCEL = f"SELECT id FROM inbox WHERE object_id = {{}} AND name = '{CANCEL_SIGNAL}' ORDER BY id LIMIT 1"
+
+
 # -- reading ---------------------------------------------------------------------------------
 
 
@@ -261,7 +280,7 @@ def object_row(r: Sequence[Any]) -> ObjectRow:
 
 
 def list_query(param: Callable[[int], str], *, status: Status | str | None, limit: int | None,
-               parent: str | None, now: int | None) -> tuple[str, list[Any]]:
+               parent: str | None, now: int | None, handler: str | None = None) -> tuple[str, list[Any]]:
     """The query of :meth:`Store.list` and its arguments; ``param(n)`` is the placeholder
     of the n-th argument (from 1)."""
     where: list[str] = []
@@ -279,6 +298,8 @@ def list_query(param: Callable[[int], str], *, status: Status | str | None, limi
         where.append(f"status = {arg(str(status))}")
     if parent is not None:
         where.append(f"parent = {arg(parent)}")
+    if handler is not None:
+        where.append(f"handler = {arg(handler)}")
     query = f"SELECT {COLUMNS} FROM objects"
     if where:
         query += " WHERE " + " AND ".join(where)
@@ -307,6 +328,30 @@ def signals(rows: Iterable[Sequence[Any]]) -> list[Signal]:
             value = None  # written by peo itself; a corrupt payload is delivered as None
         out.append(Signal(name, value, sid))
     return out
+
+
+#: Every table peo's migrations create (one of them may be half-made by an old version).
+PEO_TABLES = frozenset({"objects", "entries", "entries_v3", "inbox", "peo_schema"})
+
+
+def no_store(where: str) -> StoreError:
+    """A store opened with ``create=False`` that does not exist."""
+    return StoreError(f"no peo store at {where}; run peo init", retryable=False)
+
+
+def check_creatable(where: str, tables: Iterable[str], *, create: bool, force: bool) -> None:
+    """Before creating peo's tables in a database without them: refuse unless ``create``,
+    and refuse a database that holds other tables unless ``force``."""
+    if not create:
+        raise no_store(where)
+    foreign = sorted(set(tables) - PEO_TABLES)
+    if foreign and not force:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise StoreError(
+            f"{where} holds tables that are not peo's ({shown}): refusing to add peo's tables there; "
+            "use another database (or a schema of its own), or run peo init --force to add them anyway",
+            retryable=False,
+        )
 
 
 def migrations_to_run(current: int, migrations: Sequence[Any]) -> range:
@@ -377,6 +422,8 @@ class SQLStore(Store):
 
     # Last: below this line, ``list`` in the class body is this method.
     async def list(self, *, status: Status | str | None = None, limit: int | None = None,
-                   parent: str | None = None, now: int | None = None) -> list[ObjectRow]:
-        query, args = list_query(self.reads.param, status=status, limit=limit, parent=parent, now=now)
+                   parent: str | None = None, now: int | None = None,
+                   handler: str | None = None) -> list[ObjectRow]:
+        query, args = list_query(self.reads.param, status=status, limit=limit, parent=parent, now=now,
+                                 handler=handler)
         return [object_row(r) for r in await self._read(query, args)]

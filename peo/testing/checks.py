@@ -138,7 +138,8 @@ class Invariants:
             assert chain[-1].outcome.get("result") == model.result, f"{oid}: wrong result"
 
     def _check_side_effects(self) -> None:
-        calls = Counter(run.key for run in self.runs)
+        # Counted per attempt (object, seq): every attempt of one step shares its key.
+        calls = Counter(f"{run.object_id}:{run.seq}" for run in self.runs)
         for run in self.runs:
             oid, seq = run.object_id, run.seq
             assert run.consistent, f"step {run.key} on {run.node}: its seq or key does not follow its memory"

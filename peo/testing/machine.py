@@ -18,6 +18,7 @@ from ..app import App, Handler
 from ..client import Client
 from ..config import default_policy
 from ..core.crypto import Keyring
+from ..core.memory import Fold
 from ..core.model import Action, Entry, Step
 from ..core.policy import Policy
 from ..node import Node
@@ -186,9 +187,10 @@ class ResumptionMachine(Invariants, RuleBasedStateMachine):
         async def call(step: Step) -> Any:
             # Recorded here, checked by the invariant: an assertion raised inside a handler
             # would only become a failed step.
+            first = Fold.of(step.memory).attempt_seq if step.memory else None
             consistent = (
                 bool(step.memory) and step.seq == step.memory[-1].seq + 1
-                and step.idempotency_key == f"{step.object_id}:{step.seq}"
+                and step.idempotency_key == f"{step.object_id}:{step.seq if first is None else first}"
             )
             prev = step.memory[-1].hash if step.memory else b""
             self.runs.append(Run(step.idempotency_key, step.object_id, step.seq, NODE.get(), prev,
@@ -245,7 +247,7 @@ class ResumptionMachine(Invariants, RuleBasedStateMachine):
     def _allow(self, runs_before: int) -> None:
         """The handler calls since ``runs_before`` could not commit: each may run again."""
         for run in self.runs[runs_before:]:
-            self.allowance[run.key] += 1
+            self.allowance[f"{run.object_id}:{run.seq}"] += 1
 
     # -- rules ----------------------------------------------------------------------------
 

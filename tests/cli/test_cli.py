@@ -474,6 +474,7 @@ def test_bad_input_gets_a_clear_error_and_the_documented_exit_code(
     (tmp_path / "typo.toml").write_text("concurency = 4\n")
     (tmp_path / "wrongtype.toml").write_text('concurrency = "four"\n')
     (tmp_path / "garbage.key").write_text("hello\n")
+    ok(capsys, "--store", sqlite_url, "init")  # read verbs need a store (see test_read_verbs_never_create...)
     got, out, err = run(capsys, "--store", sqlite_url, *argv)
     assert got == code, err
     assert message in err
@@ -513,6 +514,8 @@ def test_the_console_script_runs(tmp_path) -> None:
                           check=False)
     assert proc.returncode == 0
     assert proc.stdout.startswith("usage: peo") and "submit" in proc.stdout
+    assert subprocess.run([*cmd, "init"], cwd=tmp_path, env=env, capture_output=True, timeout=60,
+                          check=False).returncode == 0
     proc = subprocess.run([*cmd, "show", "nope"], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=60, check=False)
     assert proc.returncode == 1 and proc.stderr == "peo: error: no object nope\n"

@@ -85,7 +85,7 @@ class Sim:
     def plan(self, *, children_done: bool = False) -> Decision | Release | object:
         return plan(self.fold, self.policy, now=self.now, signals=tuple(self.inbox), children_done=children_done)
 
-    def conclude(self, proposal: object, *, latency_ns: int = 1_000) -> Decision:
+    def conclude(self, proposal: object, *, latency_ns: int = 1_000, traceback: str | None = None) -> Decision:
         ids = []
         children = getattr(proposal, "children", None)
         try:
@@ -96,7 +96,7 @@ class Sim:
             self._child_ids += 1
             ids.append(f"child-{self._child_ids}")
         return conclude(self.fold, self.policy, proposal, now=self.now, latency_ns=latency_ns,
-                        signals=tuple(self.inbox), child_ids=ids)
+                        signals=tuple(self.inbox), child_ids=ids, traceback=traceback)
 
     def append(self, decision: Decision) -> Entry:
         entry = follow(self.entries[-1], decision.action, decision.outcome, timestamp=self.now)
@@ -110,6 +110,13 @@ class Sim:
         planned = self.plan()
         assert planned is RUN_HANDLER, f"expected the handler to run, plan said {planned!r}"
         decision = self.conclude(proposal, latency_ns=latency_ns)
+        self.append(decision)
+        return decision
+
+    def step_raising(self, exc: BaseException, *, traceback: str) -> Decision:
+        """A handler step that raised ``exc``, with the traceback the node formatted for it."""
+        assert self.plan() is RUN_HANDLER
+        decision = self.conclude(exc, traceback=traceback)
         self.append(decision)
         return decision
 

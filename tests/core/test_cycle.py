@@ -275,17 +275,33 @@ def test_the_failure_threshold_terminates_the_object() -> None:
 def test_an_exception_from_the_handler_is_a_retryable_failure_named_after_its_class() -> None:
     d = Sim().step(ValueError("boom"))
     assert d.action is Action.DORMANCY
-    assert d.outcome["error"] == {"class": "ValueError", "message": "ValueError: boom", "retryable": True}
+    # The class is recorded once, beside the message (not "ValueError: ValueError: boom").
+    assert d.outcome["error"] == {"class": "ValueError", "message": "boom", "retryable": True}
     d = Sim().step(TimeoutError("slow"))
     assert d.outcome["error"]["class"] == "timeout"
+    assert Sim().step(TimeoutError()).outcome["error"]["message"] == "the handler timed out"  # never empty
+    assert Sim().step(KeyError()).outcome["error"]["message"] == "KeyError()"
+
+
+def test_a_failed_step_records_the_handler_traceback_within_the_policy_limit() -> None:
+    tb = "Traceback (most recent call last):\n" + "".join(f'  File "tool.py", line {i}\n' for i in range(500))
+    d = Sim().step_raising(ValueError("boom"), traceback=tb)
+    assert len(tb) > 8192 and d.outcome["error"]["traceback"] == "...\n" + tb[-8192:]  # the last frames kept
+    small = Sim(policy=Policy(max_traceback_bytes=100)).step_raising(ValueError("boom"), traceback=tb)
+    assert small.outcome["error"]["traceback"].startswith("...\n") and len(small.outcome["error"]["traceback"]) == 104
+    none = Sim(policy=Policy(max_traceback_bytes=0)).step_raising(ValueError("boom"), traceback=tb)
+    assert "traceback" not in none.outcome["error"]
 
 
 @pytest.mark.parametrize("bad", [None, "done", 42, {"state": {}}])
-def test_a_value_that_is_not_a_proposal_is_recorded_as_invalid_and_counts_as_a_failure(bad: Any) -> None:
+def test_a_value_that_is_not_a_proposal_ends_the_object_as_a_handler_bug(bad: Any) -> None:
+    # It would be returned again on every attempt: not retried as if it were transient.
     sim = Sim()
     d = sim.step(bad)
-    assert (d.action, d.outcome["status"], d.outcome["error"]["class"]) == (Action.EXECUTE, "invalid", "invalid")
-    assert sim.fold.consecutive_failures == 1
+    assert (d.action, d.outcome["status"], d.outcome["error"]["class"]) == (Action.TERMINATE, "invalid", "invalid")
+    assert d.outcome["reason"] == "failed: invalid proposal (a handler bug)"
+    assert d.outcome["error"]["retryable"] is False and "not a peo proposal" in d.outcome["error"]["message"]
+    assert sim.fold.status is Status.TERMINATED and sim.fold.failures == 1
 
 
 @pytest.mark.parametrize(
@@ -296,7 +312,8 @@ def test_a_value_that_is_not_a_proposal_is_recorded_as_invalid_and_counts_as_a_f
 def test_a_state_update_or_result_that_cannot_be_stored_is_invalid_and_not_applied(proposal: Any) -> None:
     sim = Sim()
     d = sim.step(proposal)
-    assert d.outcome["status"] == "invalid" and sim.fold.state == {} and sim.fold.status is Status.RUNNABLE
+    assert d.outcome["status"] == "invalid" and sim.fold.state == {} and sim.fold.status is Status.TERMINATED
+    assert "state" not in d.outcome and "result" not in d.outcome
 
 
 def _nested(levels: int) -> Any:
@@ -326,9 +343,9 @@ def test_whatever_the_cycle_records_verifies_however_deeply_a_payload_is_nested(
 
 
 def test_a_payload_larger_than_the_policy_allows_is_invalid() -> None:
-    sim = Sim(policy=Policy(max_payload_bytes=100))
-    assert sim.step(Continue(state={"blob": "x" * 200})).outcome["status"] == "invalid"
-    assert sim.step(Done("x" * 200)).outcome["status"] == "invalid"
+    assert Sim(policy=Policy(max_payload_bytes=100)).step(Continue(state={"blob": "x" * 200})).outcome["status"] \
+        == "invalid"
+    assert Sim(policy=Policy(max_payload_bytes=100)).step(Done("x" * 200)).outcome["status"] == "invalid"
 
 
 def test_a_refused_proposal_is_recorded_as_refused_and_never_carried_out() -> None:
@@ -544,3 +561,19 @@ def test_decisions_are_pure_values_that_can_be_compared() -> None:
     a, b = Sim(), Sim()
     assert a.conclude(Continue(state={"x": 1})) == b.conclude(Continue(state={"x": 1}))
     assert attrs.asdict(a.conclude(Sleep(seconds=1))) == attrs.asdict(b.conclude(Sleep(seconds=1)))
+
+
+def test_every_attempt_of_a_step_shares_one_idempotency_key_until_it_succeeds() -> None:
+    sim = Sim()
+    sim.step(Continue())  # seq 1: a step that succeeded
+    assert sim.fold.attempt_seq is None  # the next step starts afresh at seq 2
+    sim.step(ValueError("flaky tool"))  # seq 2: first attempt of the next step fails; backs off
+    assert sim.fold.attempt_seq == 2
+    sim.now = sim.fold.wait["until"]  # type: ignore[index]
+    sim.tick()  # seq 3: reentry (time)
+    sim.step(Fail("still flaky"))  # seq 4: second attempt, same step
+    assert sim.fold.attempt_seq == 2 and sim.fold.consecutive_failures == 2
+    sim.now = sim.fold.wait["until"]  # type: ignore[index]
+    sim.tick()  # seq 5
+    sim.step(Continue())  # seq 6: the third attempt succeeds
+    assert sim.fold.attempt_seq is None

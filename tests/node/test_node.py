@@ -282,23 +282,25 @@ async def test_a_handler_that_overruns_its_timeout_is_a_failed_step(sqlite_url: 
         assert first.outcome["error"]["class"] == "timeout"
 
 
-async def test_a_handler_returning_garbage_is_recorded_not_crashed(sqlite_url: str) -> None:
+@pytest.mark.parametrize("garbage", [42, peo.Continue(state={"bad": object()})], ids=["not-a-proposal", "bad-state"])
+async def test_a_handler_returning_garbage_is_recorded_not_crashed_and_not_retried(sqlite_url: str,
+                                                                                   garbage: Any) -> None:
     app = peo.App()
+    calls = []
 
     @app.handler("odd")
     def odd(step: peo.Step) -> Any:
-        if step.attempt == 1:
-            return 42
-        if step.attempt == 2:
-            return peo.Continue(state={"bad": object()})
-        return peo.Done("ok")
+        calls.append(step.attempt)
+        return garbage if step.attempt == 1 else peo.Done("ok")
 
     async with peo.Client(sqlite_url) as client:
         oid = await client.submit("odd")
         await run_idle(sqlite_url, app)
-        assert await client.wait(oid, timeout=5) == "ok"
-        statuses = [e.outcome.get("status") for e in (await client.get(oid)).memory[1:3]]
-        assert statuses == ["invalid", "invalid"]
+        with pytest.raises(peo.ObjectFailedError, match="invalid proposal") as failed:
+            await client.wait(oid, timeout=5)
+        assert failed.value.last_error is not None and failed.value.last_error["class"] == "invalid"
+        statuses = [e.outcome.get("status") for e in (await client.get(oid)).memory[1:]]
+        assert statuses == ["invalid"] and calls == [1]  # a handler bug is not retried as if it were transient
 
 
 async def test_a_policy_refused_proposal_is_recorded_as_refused(sqlite_url: str) -> None:

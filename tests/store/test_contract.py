@@ -8,6 +8,7 @@ set, on PostgreSQL in a schema of its own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import sqlite3
@@ -24,7 +25,7 @@ from peo.core.head import Head
 from peo.core.memory import genesis, instantiation_outcome, make_entry
 from peo.core.model import CANCEL_SIGNAL, Action, Context, Entry, Intent, Status
 from peo.core.wake import Wake
-from peo.errors import ConflictError, NotFoundError, StoreError, UsageError
+from peo.errors import ConflictError, NotFoundError, ObjectTerminatedError, StoreError, UsageError
 from peo.ids import new_id
 from peo.store import AppendItem, Claim, NewObject, Store, open_store
 from peo.testing import faults
@@ -802,3 +803,130 @@ async def test_postgres_idle_nodes_are_woken_by_notify(postgres_url: str) -> Non
         await writer.signal(t.id, "go", None, now=T0 + 1)
         # Without the notification this would sleep for ten minutes; the deadline fails it.
         await asyncio.wait_for(waiter, 30)
+
+
+# -- signals to finished objects, and opening without creating (issue 12, traps 6 and 8) ---------
+
+
+async def terminate(store: Store, t: Tracked) -> None:
+    claim = await claim_one(store, t.id)
+    await commit(store, t, t.step(claim, status="terminated", due_at=None, action=Action.TERMINATE,
+                                  result={"ok": 1}, reason="done", release=True))
+
+
+async def test_a_signal_to_a_terminated_object_is_refused_and_writes_nothing(store: Store) -> None:
+    t = await make(store)
+    await terminate(store, t)
+    before = await store.get(t.id)
+    for name in ("approve", CANCEL_SIGNAL):
+        with pytest.raises(ObjectTerminatedError, match=f"object {t.id} has terminated"):
+            await store.signal(t.id, name, {"x": 1}, now=T0 + 5)
+    assert await store.inbox(t.id) == []
+    assert await store.get(t.id) == before
+
+
+async def test_a_signal_to_a_quarantined_object_is_kept_for_when_it_is_resumed(store: Store) -> None:
+    t = await make(store)
+    await store.quarantine(t.id, "signed by untrusted key", now=T0 + 1)
+    sid = await store.signal(t.id, "approve", {"ok": True}, now=T0 + 2)
+    assert [(s.name, s.payload, s.id) for s in await store.inbox(t.id)] == [("approve", {"ok": True}, sid)]
+    assert (await store.get(t.id)).inbox == 1
+
+
+async def test_a_second_cancel_while_the_first_is_pending_adds_nothing(store: Store) -> None:
+    t = await make(store)
+    first = await store.signal(t.id, CANCEL_SIGNAL, None, now=T0 + 1)
+    assert await store.signal(t.id, CANCEL_SIGNAL, None, now=T0 + 2) == first
+    await store.signal(t.id, "other", None, now=T0 + 3)
+    assert [s.name for s in await store.inbox(t.id)] == [CANCEL_SIGNAL, "other"]
+    assert (await store.get(t.id)).inbox == 2
+
+
+async def pg_tables(url: str) -> list[str]:
+    import asyncpg
+
+    from peo.store.postgres.url import parse_postgres_url
+
+    dsn, schema, _, _ = parse_postgres_url(url)
+    conn = await asyncpg.connect(dsn)
+    try:
+        return sorted(r[0] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = $1", schema))
+    finally:
+        await conn.close()
+
+
+async def add_foreign_table(url: str) -> None:
+    """Make the database a store would use hold a table of someone else's."""
+    if url.startswith("sqlite:"):
+        with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as db, db:
+            db.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+        return
+    import asyncpg
+
+    from peo.store.postgres.url import parse_postgres_url
+
+    dsn, schema, _, _ = parse_postgres_url(url)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        await conn.execute(f"CREATE TABLE {schema}.customers (id INTEGER PRIMARY KEY, name TEXT)")
+    finally:
+        await conn.close()
+
+
+async def test_open_without_create_refuses_a_store_that_does_not_exist_and_creates_nothing(
+    store_url: str
+) -> None:
+    store = open_store(store_url)
+    with pytest.raises(StoreError, match=r"no peo store at .*; run peo init") as info:
+        await store.open(create=False)
+    assert not info.value.retryable
+    if store_url.startswith("sqlite:"):
+        path = store_url.removeprefix("sqlite:///")
+        assert not os.path.exists(path) and not os.path.exists(path + "-wal")
+    else:
+        assert await pg_tables(store_url) == []
+    async with open_store(store_url):  # created (the default)
+        pass
+    reader = open_store(store_url)
+    await reader.open(create=False)  # an existing store opens as before
+    try:
+        assert await reader.list() == []
+    finally:
+        await reader.aclose()
+
+
+async def test_no_open_adds_tables_to_a_database_with_other_tables_unless_forced(store_url: str) -> None:
+    await add_foreign_table(store_url)
+    for create in (True, False):
+        store = open_store(store_url)
+        with pytest.raises(StoreError, match="no peo store" if not create else r"customers.*peo init --force"):
+            await store.open(create=create)
+    if store_url.startswith("sqlite:"):
+        with contextlib.closing(sqlite3.connect(store_url.removeprefix("sqlite:///"))) as db:
+            names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            assert names == {"customers"}
+            assert db.execute("PRAGMA journal_mode").fetchone()[0] != "wal"  # not even WAL was switched on
+    else:
+        assert await pg_tables(store_url) == ["customers"]
+    store = open_store(store_url)
+    await store.open(force=True)
+    try:
+        await store.create([new_object()])
+        assert len(await store.list()) == 1
+    finally:
+        await store.aclose()
+    reopened = open_store(store_url)
+    await reopened.open(create=False)  # a store now, foreign tables and all
+    await reopened.aclose()
+
+
+async def test_list_filters_by_handler_too(store: Store) -> None:
+    a = await make(store, handler="work")
+    b = await make(store, handler="other")
+    kid = new_object(parent=a.id, handler="other")
+    await store.create([kid])
+    assert [r.id for r in await store.list(handler="other")] == sorted([b.id, kid.id])
+    assert [r.id for r in await store.list(handler="other", parent=a.id)] == [kid.id]
+    assert [r.id for r in await store.list(handler="work", status="runnable")] == [a.id]
+    assert await store.list(handler="none") == []

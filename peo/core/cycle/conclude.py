@@ -28,12 +28,15 @@ def conclude(
     latency_ns: int,
     signals: Sequence[Signal] = (),
     child_ids: Sequence[str] = (),
+    traceback: str | None = None,
 ) -> Decision:
     """Turn a handler's proposal (or the exception it raised) into one Decision (pure).
 
     ``signals`` are those delivered to the step (their inbox ids are consumed by the
     entry); ``child_ids`` are fresh ids for a Delegate proposal, passed in so the core
-    draws no randomness of its own. The proposal's kind picks its function from
+    draws no randomness of its own; ``traceback`` is the formatted traceback of an
+    exception the handler raised (the node formats it: the core reads no source files).
+    The proposal's kind picks its function from
     :data:`~.proposals.PROPOSALS`; the result is checked against that row and the
     transition table.
     """
@@ -45,7 +48,7 @@ def conclude(
         consumed = (Consume(ids),) if ids else ()
     turn = Turn(fold, policy, now, latency_ns, tuple(signals), tuple(child_ids), base, consumed)
     rule = rule_for(proposal)
-    decision = _conclude(turn, proposal, rule)
+    decision = _conclude(turn, proposal, rule, traceback)
     if decision.action not in (rule.allowed if rule is not None else _FAILURE_ACTIONS):
         raise InternalError(f"a {type(proposal).__name__} proposal produced {decision.action}")
     return check_allowed(fold.status, decision)
@@ -63,11 +66,13 @@ def rule_for(proposal: object) -> Rule | None:
     return None
 
 
-def _conclude(t: Turn, proposal: object, rule: Rule | None) -> Decision:
+def _conclude(t: Turn, proposal: object, rule: Rule | None, traceback: str | None) -> Decision:
     if isinstance(proposal, BaseException):
         is_timeout = isinstance(proposal, TimeoutError)
-        return t.fail("timeout" if is_timeout else type(proposal).__name__,
-                      f"{type(proposal).__name__}: {proposal}", retryable=True)
+        # The class is recorded on its own: the message is the exception's text only.
+        message = str(proposal) or ("the handler timed out" if is_timeout else repr(proposal))
+        return t.fail("timeout" if is_timeout else type(proposal).__name__, message, retryable=True,
+                      traceback=traceback)
     if rule is None:
         return t.invalid(f"handler returned {type(proposal).__name__}, not a peo proposal")
     state = getattr(proposal, "state", None)

@@ -57,13 +57,27 @@ class Turn:
         return attrs.evolve(terminate(reason, **{**self.base, **extra}), effects=self.consumed)
 
     def fail(self, error_class: str, message: str, *, retryable: bool, kind: str = "failed",
-             state: dict[str, Any] | None = None) -> Decision:
+             state: dict[str, Any] | None = None, traceback: str | None = None) -> Decision:
         """A failed step: back off and retry, or end the object past its failure threshold.
 
-        ``kind`` "refused" or "invalid" means the proposal was not carried out: its state
-        update is dropped and a retry is due at once (the handler is asked again).
+        ``kind`` "refused" or "invalid" means the proposal was not carried out, nor its state
+        update. A refused proposal is put to the handler again at once (the proposer, say a
+        model, may choose differently: that is how an advisory node learns what the policy
+        allows); it counts toward the failure threshold. An invalid one (not a proposal, or
+        a value that cannot be stored) is a handler bug that would recur on every attempt:
+        the object ends at once instead of being retried as if the failure were transient.
+        ``traceback`` (the handler's, formatted by the node) is kept up to the policy's
+        ``max_traceback_bytes``, its last lines kept.
         """
-        error = {"class": error_class, "message": message[:2000], "retryable": retryable}
+        error: dict[str, Any] = {"class": error_class, "message": message[:2000], "retryable": retryable}
+        limit = self.policy.max_traceback_bytes
+        if traceback and limit:
+            error["traceback"] = traceback if len(traceback) <= limit else "...\n" + traceback[-limit:]
+        if kind == "invalid":
+            error["retryable"] = False
+            extra = {k: v for k, v in self.base.items() if k != "state"}
+            ending = terminate("failed: invalid proposal (a handler bug)", **extra, status=kind, error=error)
+            return attrs.evolve(ending, effects=self.consumed)
         extra = {**self.base, "status": "failed", "error": error}
         if kind in NOT_CARRIED_OUT:
             extra.pop("state", None)
@@ -71,8 +85,8 @@ class Turn:
             extra["state"] = state
         fold, policy = self.fold, self.policy
         failures = fold.consecutive_failures + 1
-        limit = fold.intent.constraints.max_failures
-        if not retryable or failures >= (policy.max_failures if limit is None else limit):
+        threshold = fold.intent.constraints.max_failures
+        if not retryable or failures >= (policy.max_failures if threshold is None else threshold):
             why = "failure threshold exceeded" if retryable else "non-retryable failure"
             return attrs.evolve(terminate(f"failed: {why}", **extra), effects=self.consumed)
         if kind in NOT_CARRIED_OUT:

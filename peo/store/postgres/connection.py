@@ -15,7 +15,7 @@ import asyncpg
 from ... import faultpoints
 from ...errors import ConflictError, StoreError
 from .schema import migrate
-from .url import parse_postgres_url
+from .url import display_url, parse_postgres_url
 
 __all__ = ["Conn", "Connections"]
 
@@ -90,14 +90,15 @@ class Connections:
             "server_settings": {"search_path": f'"{self.schema}"', "application_name": "peo"},
         }
 
-    async def open(self) -> None:
+    async def open(self, *, create: bool = True, force: bool = False) -> None:
         if self._pool is not None:
             return
+        where = f"{display_url(self.url)} (schema {self.schema})"
 
         async def go() -> None:
             self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4, **self._connect_kwargs())
             async with self._pool.acquire() as conn, conn.transaction():
-                await migrate(conn, self.schema)
+                await migrate(conn, self.schema, where=where, create=create, force=force)
 
         try:
             await self._guard(go)

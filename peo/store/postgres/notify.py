@@ -26,12 +26,12 @@ class Notifications(Connections):
         self._listen_lock: asyncio.Lock | None = None
         self._notified = asyncio.Event()  # replaced in open(); set by NOTIFY
 
-    async def open(self) -> None:
+    async def open(self, *, create: bool = True, force: bool = False) -> None:
         if self._pool is None:
             # Made here, not in __init__, so they belong to the loop that uses the store.
             self._listen_lock = asyncio.Lock()
             self._notified = asyncio.Event()
-        await super().open()
+        await super().open(create=create, force=force)
 
     async def aclose(self) -> None:
         listener, self._listener = self._listener, None

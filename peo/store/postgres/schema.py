@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from ..sql import migrations_to_run
+from ..sql import check_creatable, migrations_to_run
 
 __all__ = ["MIGRATIONS", "migrate"]
 
@@ -67,15 +67,20 @@ MIGRATIONS: list[str] = [
 ]
 
 
-async def migrate(conn: Any, schema: str) -> None:
+async def migrate(conn: Any, schema: str, *, where: str = "this database", create: bool = True,
+                  force: bool = False) -> None:
     """Create ``schema`` if missing and run the migrations it lacks, inside the caller's
-    transaction on ``conn`` (an asyncpg connection)."""
+    transaction on ``conn`` (an asyncpg connection). A schema without peo's tables is left
+    untouched unless it may be made a store (see :func:`peo.store.sql.check_creatable`)."""
     s = f'"{schema}"'
     # Several nodes may open a fresh database at once: one advisory lock per schema
     # makes them take turns, so each migration runs exactly once.
     key = int.from_bytes(hashlib.blake2b(f"peo-migrate:{schema}".encode(), digest_size=8).digest(),
                          "big", signed=True)
     await conn.execute("SELECT pg_advisory_xact_lock($1)", key)
+    tables = [r[0] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = $1", schema)]
+    if "peo_schema" not in tables:
+        check_creatable(where, tables, create=create, force=force)
     # Checked first: CREATE SCHEMA IF NOT EXISTS demands the CREATE privilege on
     # the database even when the schema is there already.
     if not await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", schema):

@@ -16,7 +16,7 @@ from typing import Any
 
 from ...core.codec import packb
 from ...core.head import Head
-from ...core.model import LIVE_STATUSES, Entry
+from ...core.model import CANCEL_SIGNAL, LIVE_STATUSES, Entry
 from ...errors import NotFoundError, StoreError
 from .. import sql
 from ..base import AppendItem, Claim, NewObject
@@ -157,6 +157,12 @@ class PostgresStore(Notifications, sql.SQLStore):
             # the object sleeps (see LOCK); it also tells us whether the object exists.
             if not await conn.fetch(LOCK, [object_id]):
                 raise NotFoundError(f"no object {object_id}")
+            # Read under the row lock: no append can end the object before we commit.
+            sql.check_signal_target(object_id, await conn.fetchrow(sql.SIGNAL_TARGET.format("$1"), object_id))
+            if name == CANCEL_SIGNAL:
+                pending = await conn.fetchval(sql.PENDING_CANCEL.format("$1"), object_id)
+                if pending is not None:
+                    return int(pending)
             sid = await conn.fetchval(
                 "INSERT INTO inbox (object_id, name, payload, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
                 object_id, name, blob, now,
@@ -181,6 +187,35 @@ class PostgresStore(Notifications, sql.SQLStore):
                 await self._notify(conn)
 
         await self._write(body)
+
+    async def requalify(self, object_id: str, head: Head, *, now: int) -> bool:
+        from ...core.model import Status
+        from ...core.wake import due_case
+        from ...errors import NotFoundError
+
+        # The head of a quarantined object only; seq and hash stay (quarantine wrote no entry).
+        due = due_case(id="$1::text", status="$2::text", signal="$4::text", children="$5::boolean",
+                       now="$8::bigint", due="$3::bigint")
+        statement = (
+            f"UPDATE objects SET status = $2::text, due_at = {due}, wait_signal = $4::text,"
+            " wait_children = $5::boolean, result = $6::bytea, reason = $7::text, updated_at = $8::bigint"
+            f" WHERE id = $1::text AND status = '{Status.QUARANTINED}' RETURNING due_at"
+        )
+
+        async def body(conn: Conn) -> bool:
+            # Locked first, then a fresh statement: its wake rules see every signal and
+            # child's end committed before it (see LOCK).
+            if not await conn.fetch(LOCK, [object_id]):
+                raise NotFoundError(f"no object {object_id}")
+            row = await conn.fetchrow(statement, object_id, head.status.value, head.due_at, head.wait_signal,
+                                      head.wait_children, head.result_bytes(), head.reason, now)
+            if row is None:
+                return False
+            if sql.is_due(row[0], now):
+                await self._notify(conn)
+            return True
+
+        return await self._write(body)
 
 
 async def _insert_objects(conn: Conn, objects: Sequence[NewObject]) -> None:

@@ -7,7 +7,7 @@ from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
 from ...errors import UsageError
 
-__all__ = ["DEFAULT_SCHEMA", "parse_postgres_url"]
+__all__ = ["DEFAULT_SCHEMA", "display_url", "parse_postgres_url"]
 
 DEFAULT_SCHEMA = "peo"
 # An unquoted-style identifier; at most 59 characters so that the notification channel
@@ -41,3 +41,13 @@ def parse_postgres_url(url: str) -> tuple[str, str, str, int]:
     rest = urlencode([(k, v) for k, v in query if k != "schema"])
     dsn = urlunparse(parsed._replace(query=rest))
     return dsn, schema, host, port
+
+
+def display_url(url: str) -> str:
+    """``url`` fit to show in a message: a password in it is replaced by ``***``."""
+    parsed = urlparse(url)
+    if parsed.password is None:
+        return url
+    netloc = parsed.netloc.rpartition("@")
+    user = netloc[0].partition(":")[0]
+    return urlunparse(parsed._replace(netloc=f"{user}:***@{netloc[2]}"))

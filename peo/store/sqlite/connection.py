@@ -22,6 +22,7 @@ import aiosqlite
 
 from ... import faultpoints
 from ...errors import ConflictError, StoreError, UsageError
+from ..sql import no_store
 from .schema import setup
 
 __all__ = ["BUSY_TIMEOUT_MS", "Connections", "parse_sqlite_url"]
@@ -70,6 +71,7 @@ class Connections:
         # One user at a time per connection: (writer, reader).
         self._locks = (asyncio.Lock(), asyncio.Lock())
         self._timeouts: dict[int, int] = {}  # id(connection) -> its busy_timeout now
+        self._create, self._force = True, False  # open()'s options, for _setup
 
     def _translate(self, exc: Exception) -> StoreError:
         if isinstance(exc, sqlite3.IntegrityError):
@@ -124,10 +126,13 @@ class Connections:
             run = cast(Callable[[Callable[[], T]], Awaitable[T]], db._execute)
             return await self._guard(lambda: run(slow))
 
-    async def open(self) -> None:
+    async def open(self, *, create: bool = True, force: bool = False) -> None:
         directory = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(directory):
             raise StoreError(f"cannot open SQLite store: directory {directory} does not exist", retryable=False)
+        if not create and not os.path.exists(self.path):
+            raise no_store(self.url)  # connecting would create the file
+        self._create, self._force = create, force
 
         async def go() -> None:
             self._db = await _connect(self.path)
@@ -147,7 +152,8 @@ class Connections:
 
     def _setup(self) -> None:
         conn, busy = self.db._conn, BUSY_TIMEOUT_MS
-        setup(conn, durability=self.durability, busy_timeout_ms=busy)
+        setup(conn, durability=self.durability, busy_timeout_ms=busy, where=self.url,
+              create=self._create, force=self._force)
         self._timeouts[id(conn)] = busy
 
     async def aclose(self) -> None:

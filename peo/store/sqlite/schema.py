@@ -10,7 +10,7 @@ import random
 import sqlite3
 import time
 
-from ..sql import migrations_to_run
+from ..sql import check_creatable, migrations_to_run
 
 __all__ = ["MIGRATIONS", "setup"]
 
@@ -95,10 +95,17 @@ MIGRATIONS: list[str] = [
 ]
 
 
-def setup(conn: sqlite3.Connection, *, durability: str, busy_timeout_ms: int) -> None:
+def setup(conn: sqlite3.Connection, *, durability: str, busy_timeout_ms: int, where: str = "this file",
+          create: bool = True, force: bool = False) -> None:
     """Set the connection up (WAL, durability) and bring the schema to the current version.
-    Runs on the connection's own thread: it may wait for other processes' locks."""
+    Runs on the connection's own thread: it may wait for other processes' locks. A file
+    without peo's tables is left untouched unless it may be made a store (see
+    :func:`peo.store.sql.check_creatable`)."""
     conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+    tables = [r[0] for r in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+    if "peo_schema" not in tables:
+        check_creatable(where, tables, create=create, force=force)  # before WAL: that writes the file
     # Switching a fresh file to WAL takes an exclusive lock and SQLite answers "locked"
     # at once instead of waiting out busy_timeout: nodes opening a new store together
     # would fail, so retry briefly.

@@ -14,8 +14,7 @@ from typing import Any
 
 from ...core.codec import packb
 from ...core.head import Head
-from ...core.model import Entry
-from ...errors import NotFoundError
+from ...core.model import CANCEL_SIGNAL, Entry
 from .. import sql
 from ..base import AppendItem, Claim, NewObject
 from .connection import Connections
@@ -156,8 +155,12 @@ class SQLiteStore(Connections, sql.SQLStore):
         blob = packb(payload)
 
         def body(conn: sqlite3.Connection) -> int:
-            if conn.execute("SELECT 1 FROM objects WHERE id = ?", (object_id,)).fetchone() is None:
-                raise NotFoundError(f"no object {object_id}")
+            # Under BEGIN IMMEDIATE: no append can end the object between this check and the insert.
+            sql.check_signal_target(object_id, conn.execute(sql.SIGNAL_TARGET.format("?"), (object_id,)).fetchone())
+            if name == CANCEL_SIGNAL:
+                pending = conn.execute(sql.PENDING_CANCEL.format("?"), (object_id,)).fetchone()
+                if pending is not None:
+                    return int(pending[0])
             sid = conn.execute(
                 "INSERT INTO inbox (object_id, name, payload, created_at) VALUES (?, ?, ?, ?) RETURNING id",
                 (object_id, name, blob, now),
@@ -185,6 +188,29 @@ class SQLiteStore(Connections, sql.SQLStore):
             conn.execute(IMPORT_HEAD, sql.import_values(obj, rest[-1] if rest else obj.entry, head, now))
 
         await self._write(body)
+
+    async def requalify(self, object_id: str, head: Head, *, now: int) -> bool:
+        from ...core.model import Status
+        from ...core.wake import due_case
+        from ...errors import NotFoundError
+
+        # The head of a quarantined object only; seq and hash stay (quarantine wrote no entry).
+        due = due_case(id="?1", status="?2", signal="?4", children="?5", now="?8", due="?3")
+        statement = (
+            f"UPDATE objects SET status = ?2, due_at = {due}, wait_signal = ?4, wait_children = ?5, result = ?6,"
+            f" reason = ?7, updated_at = ?8 WHERE id = ?1 AND status = '{Status.QUARANTINED}' RETURNING due_at"
+        )
+        values = (object_id, head.status.value, head.due_at, head.wait_signal, head.wait_children,
+                  head.result_bytes(), head.reason, now)
+
+        def body(conn: sqlite3.Connection) -> bool:
+            if conn.execute(statement, values).fetchone() is not None:
+                return True
+            if conn.execute("SELECT 1 FROM objects WHERE id = ?", (object_id,)).fetchone() is None:
+                raise NotFoundError(f"no object {object_id}")
+            return False
+
+        return await self._write(body)
 
 
 def _insert_objects(conn: sqlite3.Connection, objects: Sequence[NewObject]) -> None:

@@ -1,0 +1,59 @@
+"""``peo resume``: put a quarantined object back in play once its chain verifies."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING
+
+from .parser import add_verb, open_client, text_arg
+from .render import clean
+
+if TYPE_CHECKING:
+    from .parser import Subparsers
+
+__all__ = ["cmd_resume", "register"]
+
+
+async def cmd_resume(args: argparse.Namespace) -> int:
+    from ..core.model import Status
+    from ..errors import CodecError, IntegrityError
+
+    oid = clean(args.id)
+    async with open_client(args, create=False) as client:
+        before = await client.get(args.id, memory=False)
+        if before.status is not Status.QUARANTINED:
+            print(f"peo: error: object {oid} is {before.status}, not quarantined: nothing to resume", file=sys.stderr)
+            return 1
+        try:
+            info = await client.resume(args.id)
+        except IntegrityError as exc:
+            where = f" at seq {exc.seq}" if exc.seq is not None else ""
+            print(f"peo: error: object {oid} still fails verification{where}: {clean(exc.reason)}; it stays "
+                  "quarantined (see peo keys)", file=sys.stderr)
+            return 1
+        except CodecError as exc:
+            print(f"peo: error: object {oid} still fails verification: {clean(exc)}; it stays quarantined",
+                  file=sys.stderr)
+            return 1
+    print(f"resumed {oid}: quarantined -> {info.status} (seq {info.seq}; no entry written)")
+    return 0
+
+
+def _resume_parser(sub: Subparsers) -> None:
+    sp = add_verb(sub, "resume", "re-verify a quarantined object and put it back in play",
+                  "Verify a quarantined object's whole chain again with the keys trusted now (the deployment's "
+                  "key directory and the policy's keys). If it verifies, its head is rebuilt from its memory and it "
+                  "runs again (runnable, dormant or terminated as its memory says); no entry is written, since "
+                  "quarantine is a flag on the head, not an entry. If it still fails, it stays quarantined and "
+                  "the first bad seq is printed (exit 1).",
+                  ["peo resume 01J0ABC...", "peo resume 01J0ABC... --policy policies/fleet.toml"], cmd_resume)
+    sp.add_argument("id", metavar="ID", type=text_arg("object id"))
+    sp.add_argument("--policy", metavar="FILE", help="policy whose trusted keys to use")
+
+
+_PARSERS = {"resume": _resume_parser}
+
+
+def register(sub: Subparsers, verb: str) -> None:
+    _PARSERS[verb](sub)
