@@ -34,6 +34,7 @@ from .core.model import ObjectInfo as ObjectInfo
 from .core.model import ObjectSummary as ObjectSummary
 from .core.model import Proposal as Proposal
 from .core.model import Refine as Refine
+from .core.model import Retry as Retry
 from .core.model import Signal as Signal
 from .core.model import Sleep as Sleep
 from .core.model import Status as Status
@@ -46,6 +47,7 @@ from .errors import IntegrityError as IntegrityError
 from .errors import InternalError as InternalError
 from .errors import LeaseLostError as LeaseLostError
 from .errors import NotFoundError as NotFoundError
+from .errors import ObjectExistsError as ObjectExistsError
 from .errors import ObjectFailedError as ObjectFailedError
 from .errors import ObjectTerminatedError as ObjectTerminatedError
 from .errors import PeoError as PeoError
@@ -100,6 +102,7 @@ __all__ = [
     "LeaseLostError",
     "NodeSettings",
     "NotFoundError",
+    "ObjectExistsError",
     "ObjectFailedError",
     "ObjectInfo",
     "ObjectSummary",
@@ -109,6 +112,7 @@ __all__ = [
     "PolicyError",
     "Proposal",
     "Refine",
+    "Retry",
     "Signal",
     "SigningKey",
     "Sleep",

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import attrs
 
 from .core.codec import check_name
-from .core.model import Step
+from .core.model import Retry, Step
 from .errors import CodecError, UsageError
 
 __all__ = ["App", "Handler"]
@@ -24,6 +24,7 @@ class Handler:
     fn: Callable[[Step], Any]
     is_async: bool
     timeout: float | None  # seconds; None: the node policy's handler_timeout
+    retry: Retry | None = None  # None: the intent's constraints, else the node policy, decide
 
 
 class App:
@@ -32,19 +33,25 @@ class App:
     def __init__(self) -> None:
         self.handlers: dict[str, Handler] = {}
 
-    def handler(self, name: str, *, timeout: float | None = None) -> Callable[[F], F]:
-        """Register a sync or async function as the handler for ``name``."""
+    def handler(self, name: str, *, timeout: float | None = None, retry: Retry | None = None) -> Callable[[F], F]:
+        """Register a sync or async function as the handler for ``name``.
+
+        ``retry`` (a :class:`~peo.Retry`) sets how its failed steps are retried: each of its
+        settings applies where the object's intent sets none, and the node's policy applies
+        where neither does."""
         try:
             check_name(name, "handler name")
         except CodecError as exc:
             raise UsageError(str(exc)) from None
         if timeout is not None and not timeout > 0:
             raise UsageError("a handler timeout must be a positive number of seconds")
+        if retry is not None and not isinstance(retry, Retry):
+            raise UsageError("retry must be a peo.Retry(base=, max=, max_attempts=, non_retryable=)")
 
         def register(fn: F) -> F:
             if name in self.handlers:
                 raise UsageError(f"handler {name!r} is already registered")
-            self.handlers[name] = Handler(name, fn, inspect.iscoroutinefunction(fn), timeout)
+            self.handlers[name] = Handler(name, fn, inspect.iscoroutinefunction(fn), timeout, retry)
             return fn
 
         return register

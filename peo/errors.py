@@ -14,6 +14,7 @@
     ├── ObjectTerminatedError     a signal to an object that has terminated (it can never be read)
     └── StoreError                the store failed; ``retryable`` says whether trying again helps
         ├── ConflictError         another writer took this seq first (compare-and-swap lost)
+        │   └── ObjectExistsError submit(object_id=...): that id holds an object with another intent
         └── LeaseLostError        our lease expired or was taken over by another node
 
 No driver exception (sqlite3, asyncpg, OSError) escapes ``peo.store``: the stores translate
@@ -32,6 +33,7 @@ __all__ = [
     "InternalError",
     "LeaseLostError",
     "NotFoundError",
+    "ObjectExistsError",
     "ObjectFailedError",
     "ObjectTerminatedError",
     "PeoError",
@@ -131,6 +133,21 @@ class ConflictError(StoreError):
     """Another writer appended at this seq first: our compare-and-swap lost."""
 
     retryable = False
+
+
+class ObjectExistsError(ConflictError):
+    """``submit(..., object_id=ID)``: an object with that id exists and its recorded intent
+    differs from the one submitted (``differences`` names what differs). The same intent
+    again is not an error: submit returns the existing object's id."""
+
+    def __init__(self, object_id: str, differences: tuple[str, ...] = ()):
+        what = f": {', '.join(differences)} differ" if differences else ""
+        super().__init__(f"object {object_id} already exists with a different intent{what}")
+        self.object_id = object_id
+        self.differences = tuple(differences)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (ObjectExistsError, (self.object_id, self.differences))
 
 
 class LeaseLostError(ConflictError):

@@ -8,9 +8,10 @@ import peo
 PUBLIC = [
     "Action", "App", "CannotDo", "Client", "CodecError", "ConflictError", "Constraints", "Context", "Continue",
     "Delegate", "Done", "Entry", "Fail", "IntegrityError", "Intent", "InternalError", "Keyring", "LeaseLostError",
-    "NodeSettings", "NotFoundError", "ObjectFailedError", "ObjectInfo", "ObjectSummary", "ObjectTerminatedError",
+    "NodeSettings", "NotFoundError", "ObjectExistsError", "ObjectFailedError", "ObjectInfo", "ObjectSummary",
+    "ObjectTerminatedError",
     "PeoError", "Policy", "PolicyError",
-    "Proposal", "Refine", "Signal", "SigningKey", "Sleep", "Status", "Step", "StoreError", "TimeoutError",
+    "Proposal", "Refine", "Retry", "Signal", "SigningKey", "Sleep", "Status", "Step", "StoreError", "TimeoutError",
     "UsageError", "WaitSignal",
 ]
 

@@ -151,6 +151,8 @@ async def _serve(args: argparse.Namespace, store: Store, url: str, app: App, set
         s = node.stats
         say(f"stopped after {time.monotonic() - started:.1f} s: {s['steps']} {plural(s['steps'], 'step')}, "
             f"{s['claims']} {plural(s['claims'], 'claim')}, {s['quarantined']} quarantined")
+        for why, n in node.left_behind.items():  # until idle: what this node cannot run, and why
+            say(f"left {n} {plural(n, 'object')} behind: {clean(why)} (peo ls shows them)")
     return 1 if abandoned else 0
 
 

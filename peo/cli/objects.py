@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from ..core.model import CANCEL_SIGNAL, Status
+from ..core.model import CANCEL_SIGNAL, Retry, Status
 from .parser import (
     EXAMPLE_ID,
     add_verb,
@@ -31,14 +31,28 @@ async def cmd_submit(args: argparse.Namespace) -> int:
     if not isinstance(goal, dict):
         fail("--goal must be a JSON object, e.g. '{\"steps\": 3}'")
     label_map = labels(args.label or [])
+    retry = _retry(args)
     # No silent new key for a store whose objects were signed by keys kept elsewhere.
     async with open_client(args, identity=args.identity, new_key=args.new_key) as client:
+        # With --id: the same intent again prints the existing id (exit 0); another intent
+        # raises ObjectExistsError naming what differs (exit 1); a bad id is a UsageError.
         oid = await client.submit(
             args.handler, goal, priority=args.priority, scope=args.scope, deadline=args.deadline,
-            labels=label_map, max_failures=args.max_failures, max_steps=args.max_steps,
+            labels=label_map, max_failures=args.max_failures, max_steps=args.max_steps, retry=retry,
+            object_id=args.id,
         )
     print(oid)
     return 0
+
+
+def _retry(args: argparse.Namespace) -> Retry | None:
+    """The --retry-* options as a Retry (None if none is given); recorded in the intent."""
+    names = None
+    if args.non_retryable is not None:
+        names = tuple(n.strip() for n in args.non_retryable.split(",") if n.strip())
+    if args.retry_base is None and args.retry_max is None and args.max_attempts is None and names is None:
+        return None
+    return Retry(base=args.retry_base, max=args.retry_max, max_attempts=args.max_attempts, non_retryable=names)
 
 
 async def cmd_signal(args: argparse.Namespace) -> int:
@@ -57,28 +71,34 @@ async def cmd_signal(args: argparse.Namespace) -> int:
 
 
 async def cmd_cancel(args: argparse.Namespace) -> int:
-    from ..client.reads import pending_signals
+    from ..client.operator import CancelOutcome
 
     async with open_client(args, create=False) as client:
         info = await client.get(args.id, memory=False)
         if info.status.is_final:
             print(f"peo: error: object {clean(args.id)} is already {info.status}: nothing to cancel", file=sys.stderr)
             return 1
-        if CANCEL_SIGNAL in {s.name for s in await pending_signals(client.store, args.id)}:
-            print(f"cancellation of {clean(args.id)} already requested (a node records it on its next cycle)")
-            return 0
-        await client.cancel(args.id)  # the store adds no second cancel even if one raced us here
-    print(f"cancellation requested for {clean(args.id)} (a node records it on its next cycle)")
+        outcome = await client.cancel(args.id, force=args.force)
+        key_id = client.key.key_id if outcome is CancelOutcome.CANCELLED else None
+    if outcome is CancelOutcome.CANCELLED:
+        print(f"cancelled {clean(args.id)} (no node held it: the terminate entry is signed with your key {key_id})")
+    else:
+        print(f"cancellation requested for {clean(args.id)}: the node holding it records it on its next cycle"
+              " (peo cancel --force takes it over if that node is dead)")
     return 0
 
 
 def _submit_parser(sub: Subparsers) -> None:
     sp = add_verb(sub, "submit", "create an object; prints its id",
                   "Create a new object that asks for HANDLER with a goal. Its instantiation entry is signed "
-                  "with the client key. Prints only the new object's id, so it composes in scripts.",
+                  "with the client key. Prints only the new object's id, so it composes in scripts. With --id "
+                  "the submit is idempotent: the same id and intent again prints the existing id (exit 0); "
+                  "the same id with another intent exits 1 and says what differs.",
                   ["peo submit research --goal '{\"docs\": 10}'",
                    "peo submit research --goal @goal.json --priority 5 --label team=search",
-                   "ID=$(peo submit approval --deadline 3600)"], cmd_submit)
+                   "ID=$(peo submit approval --deadline 3600)",
+                   "peo submit research --id order-123 --max-attempts 3 --non-retryable ValueError,KeyError"],
+                  cmd_submit)
     sp.add_argument("handler", metavar="HANDLER", type=text_arg("handler"), help="capability (handler) name")
     sp.add_argument("--goal", metavar="JSON", type=text_arg("--goal"),
                     help="the goal: a JSON object, or @FILE to read it from a file (default: {})")
@@ -91,7 +111,18 @@ def _submit_parser(sub: Subparsers) -> None:
                     help="a label (repeatable)")
     sp.add_argument("--identity", default="anonymous", metavar="NAME", type=text_arg("identity"),
                     help="who submits (policies may accept only some identities; default: anonymous)")
+    sp.add_argument("--id", metavar="ID", type=text_arg("object id"),
+                    help="choose the object's id (printable, no whitespace, at most 128 characters): submitting "
+                         "the same id and intent again prints it and creates nothing")
     sp.add_argument("--max-failures", type=positive_int, metavar="N", help="consecutive failures before it fails")
+    sp.add_argument("--max-attempts", type=positive_int, metavar="N",
+                    help="attempts of one step before the object fails (the same as --max-failures)")
+    sp.add_argument("--retry-base", type=positive_seconds, metavar="SECONDS",
+                    help="first retry delay after a failed step (doubles per failure)")
+    sp.add_argument("--retry-max", type=positive_seconds, metavar="SECONDS", help="longest retry delay")
+    sp.add_argument("--non-retryable", metavar="CLASSES", type=text_arg("--non-retryable"),
+                    help="exception class names, comma-separated (e.g. ValueError,KeyError): such a failure, or "
+                         "one of a subclass, fails the object at once")
     sp.add_argument("--max-steps", type=positive_int, metavar="N", help="step budget")
     sp.add_argument("--new-key", action="store_true",
                     help="create a new client key even though the store already has objects (then trust its .pub)")
@@ -110,11 +141,14 @@ def _signal_parser(sub: Subparsers) -> None:
 
 def _cancel_parser(sub: Subparsers) -> None:
     sp = add_verb(sub, "cancel", "cancel an object",
-                  "Request cancellation; the next cycle on any node terminates the object as cancelled and "
-                  "records it. Exit 1 if the object has already terminated; a second cancel before a node "
-                  "records the first adds nothing and says so.",
-                  [f"peo cancel {EXAMPLE_ID}"], cmd_cancel)
+                  "Cancel an object. If a node holds it, the node records the cancel on its next cycle. If "
+                  "none does (no node serves its handler, or every node is down), peo writes the terminate "
+                  "entry itself, signed with your client key, and the object ends at once. Exit 1 if the "
+                  "object has already terminated.",
+                  [f"peo cancel {EXAMPLE_ID}", f"peo cancel --force {EXAMPLE_ID}"], cmd_cancel)
     sp.add_argument("id", metavar="ID", type=text_arg("object id"))
+    sp.add_argument("--force", action="store_true",
+                    help="also take the object over from a node that still holds its lease (a dead node)")
 
 
 _PARSERS = {"submit": _submit_parser, "signal": _signal_parser, "cancel": _cancel_parser}

@@ -48,7 +48,10 @@ async def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def _reason(r: ObjectSummary) -> str:
-    """The REASON column: why it ended, or for a dormant object what wakes it."""
+    """The REASON column: why it ended, for a dormant object what wakes it, and for a live
+    object no node serves, that."""
+    if r.unserved and r.status is not Status.DORMANT:
+        return "no node serves this handler"
     if r.status is not Status.DORMANT:
         return r.reason or ""
     waits = [f"signal {r.waiting_for}"] if r.waiting_for else []

@@ -7,24 +7,75 @@ given), so the instantiation is as verifiable as every later step.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import attrs
+
 from ..config import resolve_policy, store_url
-from ..core.codec import Limits, check_name, check_value, packb
+from ..core.codec import Limits, check_name, check_value, decode_body, packb, structure
 from ..core.crypto import Keyring, SigningKey
 from ..core.memory import genesis, instantiation_outcome, make_entry
-from ..core.model import CANCEL_SIGNAL, Action, Constraints, Context, Intent, ObjectInfo, ObjectSummary
+from ..core.model import (
+    CANCEL_SIGNAL,
+    Action,
+    Constraints,
+    Context,
+    Entry,
+    Intent,
+    ObjectInfo,
+    ObjectSummary,
+    Retry,
+)
 from ..core.policy import Policy
-from ..errors import CodecError, PolicyError, UsageError
+from ..errors import CodecError, ConflictError, ObjectExistsError, PolicyError, UsageError
 from ..ids import new_id
 from ..keys import guard_new_key, keyring_for, load_key
 from ..store import NewObject, Store, open_store
-from . import archive, reads
+from . import archive, operator, reads
+from .operator import CancelOutcome
 
-__all__ = ["Client"]
+__all__ = ["Client", "check_object_id", "intent_differences"]
+
+#: The longest id a caller may choose (``submit(..., object_id=...)``).
+MAX_ID_LENGTH = 128
+
+
+def check_object_id(object_id: object) -> str:
+    """A caller-chosen object id: a non-empty str of at most 128 printable characters and
+    no whitespace (it is shown, typed and passed on command lines). UsageError if not."""
+    if not isinstance(object_id, str) or not object_id:
+        raise UsageError("an object id must be a non-empty string")
+    if len(object_id) > MAX_ID_LENGTH:
+        raise UsageError(f"an object id is at most {MAX_ID_LENGTH} characters (this one has {len(object_id)})")
+    if not all(c.isprintable() and not c.isspace() for c in object_id):
+        raise UsageError(f"an object id must be printable with no whitespace: {object_id!r}")
+    return object_id
+
+
+def intent_differences(recorded: Entry, submitted: Entry) -> tuple[str, ...]:
+    """What differs between the intents two entries 0 record: ``handler``, ``goal``,
+    ``constraints.NAME``, ``scope``, ``priority``, ``labels``, ``identity``. A deadline is
+    compared relative to its entry's timestamp (it was given as seconds from submission).
+    Raises CodecError if ``recorded`` does not hold an intent and a context."""
+    sides = []
+    for entry in (recorded, submitted):
+        intent = structure(entry.outcome.get("intent"), Intent)
+        context = structure(entry.outcome.get("context"), Context)
+        c = intent.constraints
+        if c.deadline is not None:
+            c = attrs.evolve(c, deadline=c.deadline - entry.timestamp)
+        sides.append((intent, c, context))
+    (oi, oc, ox), (ni, nc, nx) = sides
+    found = [name for name, a, b in (("handler", oi.handler, ni.handler), ("goal", oi.goal, ni.goal)) if a != b]
+    found += [f"constraints.{f.name}" for f in attrs.fields(Constraints) if getattr(oc, f.name) != getattr(nc, f.name)]
+    found += [name for name, a, b in (("scope", ox.trust_scope, nx.trust_scope), ("priority", ox.priority, nx.priority),
+                                      ("labels", ox.labels, nx.labels), ("identity", ox.identity, nx.identity))
+              if a != b]
+    return tuple(found)
 
 
 class Client:
@@ -98,12 +149,18 @@ class Client:
         max_failures: int | None,
         max_steps: int | None,
         now: int,
+        retry: Retry | None = None,
+        object_id: str | None = None,
     ) -> NewObject:
         try:
             check_name(handler, "handler")
             check_name(scope, "trust scope")
         except CodecError as exc:
             raise UsageError(str(exc)) from None
+        if object_id is not None:
+            check_object_id(object_id)
+        if retry is not None and not isinstance(retry, Retry):
+            raise UsageError("retry must be a peo.Retry(base=, max=, max_attempts=, non_retryable=)")
         if goal is None:
             goal = {}
         if not isinstance(goal, Mapping):
@@ -131,9 +188,14 @@ class Client:
         except CodecError as exc:
             raise UsageError(str(exc)) from None
         constraints = Constraints(deadline=deadline_ns, max_failures=max_failures, max_steps=max_steps)
+        if retry is not None:
+            if None not in (max_failures, retry.max_attempts) and max_failures != retry.max_attempts:
+                raise UsageError(f"max_failures={max_failures} and Retry(max_attempts={retry.max_attempts}) "
+                                 "disagree: give one of them")
+            constraints = retry.constraints(constraints)
         intent = Intent(handler, goal, constraints)
         context = Context(identity=self.identity, trust_scope=scope, priority=priority, labels=lab)
-        oid = new_id()
+        oid = new_id() if object_id is None else object_id
         entry = make_entry(
             self.key, seq=0, prev=genesis(oid), timestamp=now, origin_node=f"client:{self.identity}",
             policy_ref=self.policy.ref, action=Action.INSTANTIATE,
@@ -152,13 +214,46 @@ class Client:
         labels: Mapping[str, str] | None = None,
         max_failures: int | None = None,
         max_steps: int | None = None,
+        retry: Retry | None = None,
+        object_id: str | None = None,
     ) -> str:
-        """Create an object; returns its id. Input is checked before anything is written."""
+        """Create an object; returns its id. Input is checked before anything is written.
+
+        ``retry`` (a :class:`~peo.Retry`) is recorded in the intent's constraints and
+        overrides the handler's own for this object. ``object_id`` chooses the id (printable,
+        no whitespace, at most 128 characters; default: a new UUIDv7) and makes the submit
+        idempotent: if an object with that id exists and entry 0 records the same intent
+        (handler, goal, constraints with the deadline taken relative to submission, scope,
+        priority, labels, identity), its id is returned and nothing is written; if the
+        intent differs, :class:`~peo.errors.ObjectExistsError` says what differs. Two
+        submits of one id at once create one object.
+        """
         await self._guard_key()
         obj = self._prepare(handler, goal, priority=priority, scope=scope, deadline=deadline, labels=labels,
-                            max_failures=max_failures, max_steps=max_steps, now=time.time_ns())
-        await self.store.create([obj])
+                            max_failures=max_failures, max_steps=max_steps, now=time.time_ns(), retry=retry,
+                            object_id=object_id)
+        try:
+            await self.store.create([obj])
+        except ConflictError:
+            if object_id is None:
+                raise
+            await self._check_existing(obj)
         return obj.id
+
+    async def _check_existing(self, obj: NewObject) -> None:
+        """``obj``'s id is taken: return if the existing object's entry 0 records the same
+        intent as ``obj``'s, else raise ObjectExistsError naming what differs."""
+        rows = await self.store.entries(obj.id)
+        if not rows:  # the conflict was not an existing object: nothing to compare with
+            raise ConflictError(f"object {obj.id} could not be created")
+        body, signature = rows[0]
+        try:
+            recorded = decode_body(body, signature, hashlib.sha256(body).digest())
+            differences = intent_differences(recorded, obj.entry)
+        except CodecError:
+            differences = ("entry 0 (unreadable)",)
+        if differences:
+            raise ObjectExistsError(obj.id, differences)
 
     async def _guard_key(self) -> None:
         """Before this client's default key is created: refuse to mint one for a store that
@@ -167,12 +262,15 @@ class Client:
             await guard_new_key(self.store, "client", new_key=self._new_key)
 
     async def submit_many(self, handler: str, goals: Sequence[Mapping[str, Any]], **options: Any) -> list[str]:
-        """Create many objects in one transaction (all or none); returns their ids."""
+        """Create many objects in one transaction (all or none); returns their ids. Takes
+        the options of :meth:`submit` except ``object_id`` (each object gets a new id)."""
+        if "object_id" in options:
+            raise UsageError("submit_many gives each object a new id: submit one at a time to choose ids")
         await self._guard_key()
         now = time.time_ns()
         objs = [self._prepare(handler, g, now=now, **{"priority": 0, "scope": "default", "deadline": None,
                                                        "labels": None, "max_failures": None, "max_steps": None,
-                                                       **options}) for g in goals]
+                                                       "retry": None, **options}) for g in goals]
         if objs:
             await self.store.create(objs)
         return [o.id for o in objs]
@@ -194,9 +292,15 @@ class Client:
             raise UsageError(f"signal name {CANCEL_SIGNAL!r} is reserved: use Client.cancel() (peo cancel ID)")
         await self.store.signal(object_id, name, payload, now=time.time_ns())
 
-    async def cancel(self, object_id: str) -> None:
-        """Ask for cancellation: the next cycle terminates the object as cancelled."""
-        await self.store.signal(object_id, CANCEL_SIGNAL, None, now=time.time_ns())
+    async def cancel(self, object_id: str, *, force: bool = False) -> CancelOutcome:
+        """Cancel the object. If a node holds it, that node records the cancel on its next
+        cycle (``REQUESTED``); if none does (no node serves its handler, or all are down),
+        this client writes the terminate entry itself, signed with its key (``CANCELLED``).
+        ``force`` also takes over a lease a node still holds (a node that died holding it).
+        Raises ObjectTerminatedError if it has ended already."""
+        if not force:
+            await self._guard_key()
+        return await operator.cancel(self, object_id, force=force)
 
     # -- reading (see .reads) ----------------------------------------------------------------
 

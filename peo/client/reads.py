@@ -13,11 +13,16 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
+
 from ..core.codec import decode_body, structure, unpackb
 from ..core.memory import Fold
-from ..core.model import Action, Context, Entry, Intent, ObjectInfo, ObjectSummary, Signal, Status
+from ..core.model import LIVE_STATUSES, Action, Context, Entry, Intent, ObjectInfo, ObjectSummary, Signal, Status
 from ..errors import CodecError, IntegrityError, ObjectFailedError, TimeoutError, UsageError
 from ..store import ObjectRow, Store
+
+#: A node counts as serving its handlers for this long after it last told the store (ns).
+SERVED_WINDOW_NS = 24 * 3600 * 10**9
 
 __all__ = ["get", "list_objects", "pending_signals", "summary", "wait"]
 
@@ -39,7 +44,12 @@ async def list_objects(store: Store, *, status: str | None = None, limit: int | 
         raise UsageError(f"unknown status {status!r}: use one of {', '.join(s.value for s in Status)}")
     now = time.time_ns()
     rows = await store.list(status=status, limit=limit, parent=parent, now=now, handler=handler)
-    return [summary(r, now) for r in rows]
+    out = [summary(r, now) for r in rows]
+    if any(r.status in LIVE_STATUSES or r.status is Status.RUNNING for r in out):
+        served = await store.served_handlers(since=now - SERVED_WINDOW_NS)
+        out = [attrs.evolve(r, unserved=True) if r.handler not in served and not r.status.is_final else r
+               for r in out]
+    return out
 
 
 async def pending_signals(store: Store, object_id: str) -> list[Signal]:

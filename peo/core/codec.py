@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import attrs
 import cattrs
 import msgpack
-from cattrs.gen import make_dict_structure_fn
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 from ..errors import CodecError
 from .model import Action, Constraints, Context, Entry, Intent
@@ -200,6 +200,10 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(Any, lambda v, _: v)
     for cls in (Constraints, Intent, Context):
         conv.register_structure_hook(cls, make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True))
+    # Fields added after format 1 are left out while unset, so that an intent which does not
+    # use them encodes to the same bytes as before (tests/core/test_golden.py).
+    conv.register_unstructure_hook(
+        Constraints, make_dict_unstructure_fn(Constraints, conv, non_retryable=override(omit_if_default=True)))
     return conv
 
 

@@ -7,10 +7,13 @@ epoch, so that a record encodes, decodes and re-encodes to the same bytes.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
+
+from ..errors import UsageError
 
 __all__ = [
     "Action",
@@ -27,6 +30,7 @@ __all__ = [
     "ObjectSummary",
     "Proposal",
     "Refine",
+    "Retry",
     "Signal",
     "Sleep",
     "Status",
@@ -84,6 +88,81 @@ class Constraints:
     max_steps: int | None = None  # step budget: executed steps before a policy cut-off
     retry_base: float | None = None  # seconds: first retry delay
     retry_max: float | None = None  # seconds: longest retry delay
+    # Exception class names (matched against the raised exception's whole MRO) that fail
+    # the object at once instead of being retried. None: the handler's Retry decides.
+    # Left out of the encoding while None, so intents written before it encode unchanged.
+    non_retryable: tuple[str, ...] | None = None
+
+
+def _exception_names(value: object) -> tuple[str, ...] | None:
+    """``non_retryable`` as class names: exception classes and names alike, one or many."""
+    if value is None:
+        return None
+    items: Iterable[object] = (value,) if isinstance(value, str | type) else value  # type: ignore[assignment]
+    try:
+        items = tuple(items)
+    except TypeError:
+        raise UsageError("non_retryable must be exception classes or class names") from None
+    names: list[str] = []
+    for item in items:
+        if isinstance(item, type) and issubclass(item, BaseException):
+            name = item.__name__
+        elif isinstance(item, str):
+            name = item.strip()
+        else:
+            raise UsageError(f"non_retryable: {item!r} is neither an exception class nor a class name")
+        if not name.isidentifier() or len(name) > 200:
+            raise UsageError(f"non_retryable: {name!r} is not a class name")
+        if name not in names:
+            names.append(name)
+    return tuple(names)
+
+
+def _seconds(what: str) -> Any:
+    def check(_: object, __: object, value: object) -> None:
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+                or not 0 < value <= 1e9:
+            raise UsageError(f"Retry {what} must be a positive number of seconds")
+
+    return check
+
+
+def _attempts(_: Any, __: Any, value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise UsageError("Retry max_attempts must be a positive integer")
+
+
+@attrs.frozen(kw_only=True)
+class Retry:
+    """How a failed step is retried: ``@app.handler("x", retry=peo.Retry(...))`` for every
+    object of a handler, or ``client.submit(..., retry=peo.Retry(...))`` for one object
+    (recorded in its intent's :class:`Constraints`).
+
+    ``base`` is the first retry delay and ``max`` the longest (seconds; the delay doubles
+    per failure), ``max_attempts`` bounds the attempts of one step (its last failure fails
+    the object), and an exception whose class or any base class is named in
+    ``non_retryable`` (classes or names; kept as names) fails the object at once. ``None``
+    leaves a setting to the next source: the intent's constraints first, then the handler's
+    Retry, then the node's policy.
+    """
+
+    base: float | None = attrs.field(default=None, validator=_seconds("base"))
+    max: float | None = attrs.field(default=None, validator=_seconds("max"))
+    max_attempts: int | None = attrs.field(default=None, validator=_attempts)
+    non_retryable: tuple[str, ...] | None = attrs.field(default=None, converter=_exception_names)
+
+    def constraints(self, base: Constraints | None = None) -> Constraints:
+        """``base`` (default: none) with the settings this Retry gives written over it."""
+        c = base or Constraints()
+        return attrs.evolve(
+            c,
+            retry_base=c.retry_base if self.base is None else float(self.base),
+            retry_max=c.retry_max if self.max is None else float(self.max),
+            max_failures=c.max_failures if self.max_attempts is None else self.max_attempts,
+            non_retryable=c.non_retryable if self.non_retryable is None else self.non_retryable,
+        )
 
 
 @attrs.frozen
@@ -253,7 +332,8 @@ class ObjectSummary:
     """One object as ``Client.list`` returns it: its head, without the memory.
 
     ``status`` is as of the read: a runnable object leased by a node is ``running``.
-    ``waiting_for`` names the signal a dormant object waits for, if any.
+    ``waiting_for`` names the signal a dormant object waits for, if any; ``unserved`` says
+    that no node the store has seen in the last day serves its handler.
     """
 
     id: str
@@ -271,6 +351,7 @@ class ObjectSummary:
     lease_owner: str | None = None
     created_at: int = 0
     updated_at: int = 0
+    unserved: bool = False  # live, and no node seen lately serves its handler: nothing will run it
 
 
 @attrs.frozen

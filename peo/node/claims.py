@@ -18,6 +18,8 @@ __all__ = ["Claimer"]
 
 log = logging.getLogger("peo.node")
 
+# A running node tells the store what it serves this often (ns).
+REGISTER_EVERY_NS = 60 * 10**9
 # A batch of claims whose memories hold at most this many entries in all is loaded at once.
 _PREFETCH_ROWS = 4096
 
@@ -34,13 +36,17 @@ class Claimer:
         self.wake = asyncio.Event()  # set when a worker frees room or the node stops
 
     async def run(self, tg: asyncio.TaskGroup, *, until_idle: bool) -> None:
-        """Claim and start workers until the node stops (or, ``until_idle``, nothing is left)."""
+        """Claim and start workers until the node stops (or, ``until_idle``, nothing is left
+        that this node can serve)."""
         node = self.node
         handlers = sorted(h for h in node.app.handlers if node.policy.accepts_handler(h))
         scopes = node.policy.scope_filter()
         idle_checks = 0
+        registered = None
         while not node.stopping:
             now = node.clock()
+            if registered is None or now - registered >= REGISTER_EVERY_NS:
+                registered = await self._register(handlers, now)
             claims = await self._claim(handlers, scopes, now)
             if claims is None:
                 await asyncio.sleep(node.settings.poll_interval)
@@ -51,16 +57,53 @@ class Claimer:
                 continue
             if until_idle and not node.leases.held:
                 try:
-                    busy = await node.store.busy(now=now + node.idle_horizon_ns)
+                    busy = await self._busy(handlers, scopes, now)
                 except StoreError:
                     busy = True
                 if not busy:
                     idle_checks += 1
                     if idle_checks >= 2:  # twice in a row: nothing committed in between
+                        await self._left_behind(handlers, scopes, now)
                         return
                     continue
             idle_checks = 0
             await self._nap(now)
+
+    def _servable(self, kind: tuple[str, str], handlers: list[str], scopes: frozenset[str] | None) -> bool:
+        handler, scope = kind
+        return handler in handlers and (scopes is None or scope in scopes)
+
+    async def _busy(self, handlers: list[str], scopes: frozenset[str] | None, now: int) -> bool:
+        """Is anything this node can serve runnable, leased, or due within the idle horizon?
+        Objects no handler here serves do not keep an until-idle node waiting."""
+        store = self.node.store
+        due = await store.due_counts(now=now + self.node.idle_horizon_ns)
+        if any(self._servable(k, handlers, scopes) for k in due):
+            return True
+        return any(self._servable(k, handlers, scopes) for k in await store.leased_kinds(now=now))
+
+    async def _left_behind(self, handlers: list[str], scopes: frozenset[str] | None, now: int) -> None:
+        """Say what an idle node leaves behind because it cannot serve it, and why."""
+        node = self.node
+        left: dict[str, int] = {}
+        with contextlib.suppress(StoreError):
+            for (handler, scope), n in (await node.store.due_counts(now=now)).items():
+                if not self._servable((handler, scope), handlers, scopes):
+                    why = (f"handler {handler!r} is not served by this node" if handler not in handlers
+                           else f"trust scope {scope!r} is not accepted by this node's policy")
+                    left[why] = left.get(why, 0) + n
+        node.left_behind = left
+        for why, n in left.items():
+            log.warning("idle_left_behind objects=%d reason=%s", n, why)
+
+    async def _register(self, handlers: list[str], now: int) -> int:
+        """Tell the store which handlers this node serves (submit warns about the others)."""
+        node = self.node
+        try:
+            await node.store.register_node(node.node_id, handlers, now=now)
+        except StoreError as exc:
+            log.warning("register_failed error=%s", exc)
+        return now
 
     async def _claim(self, handlers: list[str], scopes: frozenset[str] | None, now: int) -> list[Claim] | None:
         """Claims for the room there is (None: the store failed, try again after a nap)."""

@@ -77,6 +77,8 @@ class Node:
         self.keyring = keyring if keyring is not None else keyring_for(self.policy, self.key, store=self.store.url)
         self.clock = clock
         self.stats = {"steps": 0, "claims": 0, "quarantined": 0, "conflicts": 0, "commits": 0}
+        # After run_until_idle(): why objects were left behind (this node cannot serve them) -> how many.
+        self.left_behind: dict[str, int] = {}
         self.leases = Leases(self.store, self.node_id, self.lease_ns, clock)
         self.commits = GroupCommit(self.store, clock, self.stats)
         self.worker = Worker(self)

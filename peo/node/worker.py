@@ -194,7 +194,7 @@ class Worker:
             faultpoints.hit("node.after_handler")
         child_ids = [new_id() for _ in proposal.children] if isinstance(proposal, Delegate) else []
         decision = conclude(fold, node.policy, proposal, now=node.clock(), latency_ns=latency,
-                            signals=signals, child_ids=child_ids, traceback=tb)
+                            signals=signals, child_ids=child_ids, traceback=tb, retry=handler.retry)
         error = decision.outcome.get("error")
         if error is not None:
             # One line per failed step, so that a failing handler shows on the node's stderr.

@@ -236,6 +236,33 @@ class Store(abc.ABC):
         status, due time, wait and outcome are written as they are).
         Raises ConflictError if the id exists."""
 
+    # -- the fleet ----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def register_node(self, node_id: str, handlers: Collection[str], *, now: int) -> None:
+        """Record that node ``node_id`` serves ``handlers`` as of ``now`` (replacing what it
+        said before): how a submit learns that no node serves a handler."""
+
+    @abc.abstractmethod
+    async def served_handlers(self, *, since: int) -> set[str]:
+        """The handlers served by any node that registered at or after ``since``."""
+
+    @abc.abstractmethod
+    async def due_counts(self, *, now: int) -> dict[tuple[str, str], int]:
+        """How many live objects are due at ``now``, by (handler, trust scope): what an idle
+        node that cannot serve some of them leaves behind."""
+
+    @abc.abstractmethod
+    async def leased_kinds(self, *, now: int) -> set[tuple[str, str]]:
+        """The (handler, trust scope) of the objects leased right now."""
+
+    @abc.abstractmethod
+    async def seize(self, object_id: str, owner: str, *, now: int, lease_ns: int,
+                    force: bool = False) -> Claim | None:
+        """Lease one live object for ``owner`` whether or not it is due (an operator writing
+        an entry no node will write, e.g. a cancel). None if it is final, or leased by
+        someone else and not ``force`` (a lease a dead node left behind). Atomic like a claim."""
+
     async def wait_for_work(self, timeout: float) -> None:
         """Sleep until work may be available or ``timeout`` seconds pass (backends with a
         notification channel wake early)."""

@@ -331,7 +331,7 @@ def signals(rows: Iterable[Sequence[Any]]) -> list[Signal]:
 
 
 #: Every table peo's migrations create (one of them may be half-made by an old version).
-PEO_TABLES = frozenset({"objects", "entries", "entries_v3", "inbox", "peo_schema"})
+PEO_TABLES = frozenset({"objects", "entries", "entries_v3", "inbox", "nodes", "peo_schema"})
 
 
 def no_store(where: str) -> StoreError:

@@ -9,6 +9,7 @@ import os
 import secrets
 import shutil
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, ClassVar, TypeVar
@@ -19,7 +20,7 @@ from ..client import Client
 from ..config import default_policy
 from ..core.crypto import Keyring
 from ..core.memory import Fold
-from ..core.model import Action, Entry, Step
+from ..core.model import CANCEL_SIGNAL, Action, Entry, Step
 from ..core.policy import Policy
 from ..node import Node
 from ..store import Claim, ObjectRow, Store, open_store
@@ -384,13 +385,18 @@ class ResumptionMachine(Invariants, RuleBasedStateMachine):
         self._act(self.client.signal(oid, NOISE_SIGNAL, None))
 
     @precondition(lambda self: self._live())
-    @rule(data=st.data())
-    def cancel(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), operator=st.booleans())
+    def cancel(self, data: st.DataObject, operator: bool) -> None:
+        """A cancel request that a node records on its next cycle, or (``operator``) the
+        client's own cancel, which writes the entry itself when no node holds the object."""
         oid = data.draw(st.sampled_from(self._live()), label="object")
         model = self.models.get(oid)
         if model is not None and model.cancelled_after is None:
             model.cancelled_after = len(self.chains[oid]) - 1
-        self._act(self.client.cancel(oid))
+        if operator:
+            self._act(self.client.cancel(oid))
+        else:
+            self._act(self.client.store.signal(oid, CANCEL_SIGNAL, None, now=time.time_ns()))
 
     # -- invariants -----------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from ...errors import InternalError
 from ..memory import Fold
-from ..model import Signal
+from ..model import Retry, Signal
 from ..policy import Policy
 from .decision import Consume, Decision, Effect, check_allowed, signals_out
 from .proposals import FAILURE_ACTIONS, PROPOSALS, Rule
@@ -29,13 +29,16 @@ def conclude(
     signals: Sequence[Signal] = (),
     child_ids: Sequence[str] = (),
     traceback: str | None = None,
+    retry: Retry | None = None,
 ) -> Decision:
     """Turn a handler's proposal (or the exception it raised) into one Decision (pure).
 
     ``signals`` are those delivered to the step (their inbox ids are consumed by the
     entry); ``child_ids`` are fresh ids for a Delegate proposal, passed in so the core
     draws no randomness of its own; ``traceback`` is the formatted traceback of an
-    exception the handler raised (the node formats it: the core reads no source files).
+    exception the handler raised (the node formats it: the core reads no source files);
+    ``retry`` is the handler's :class:`~peo.core.model.Retry`, used for each setting the
+    intent's constraints leave unset (and the policy for what neither sets).
     The proposal's kind picks its function from
     :data:`~.proposals.PROPOSALS`; the result is checked against that row and the
     transition table.
@@ -46,7 +49,7 @@ def conclude(
         base["signals"] = signals_out(signals)
         ids = tuple(s.id for s in signals if s.id)
         consumed = (Consume(ids),) if ids else ()
-    turn = Turn(fold, policy, now, latency_ns, tuple(signals), tuple(child_ids), base, consumed)
+    turn = Turn(fold, policy, now, latency_ns, tuple(signals), tuple(child_ids), base, consumed, retry)
     rule = rule_for(proposal)
     decision = _conclude(turn, proposal, rule, traceback)
     if decision.action not in (rule.allowed if rule is not None else _FAILURE_ACTIONS):
@@ -71,8 +74,8 @@ def _conclude(t: Turn, proposal: object, rule: Rule | None, traceback: str | Non
         is_timeout = isinstance(proposal, TimeoutError)
         # The class is recorded on its own: the message is the exception's text only.
         message = str(proposal) or ("the handler timed out" if is_timeout else repr(proposal))
-        return t.fail("timeout" if is_timeout else type(proposal).__name__, message, retryable=True,
-                      traceback=traceback)
+        return t.fail("timeout" if is_timeout else type(proposal).__name__, message,
+                      retryable=not t.non_retryable(proposal), traceback=traceback)
     if rule is None:
         return t.invalid(f"handler returned {type(proposal).__name__}, not a peo proposal")
     state = getattr(proposal, "state", None)

@@ -11,7 +11,7 @@ import attrs
 from ...errors import CodecError
 from ..codec import DEFAULT_LIMITS, Limits, check_value, packb, structure, unstructure
 from ..memory import Fold
-from ..model import Action, Signal, Status
+from ..model import Action, Retry, Signal, Status
 from ..policy import Policy
 from ..wake import Wake
 from .decision import Decision, Effect
@@ -28,7 +28,8 @@ class Turn:
     """The step a proposal answers: the object before it, the policy, the time, and the
     outcome fields every resulting entry starts with (``base``: latency, the signals
     delivered, and the state update once it is known to be valid). ``consumed`` is the
-    effect that consumes the signals delivered to this step (empty if none).
+    effect that consumes the signals delivered to this step (empty if none). ``retry`` is
+    the handler's :class:`~peo.core.model.Retry`, if it has one.
 
     Made once per step on the hot path, and only read after it is made: a plain slotted
     class, because a frozen one costs a microsecond more to build.
@@ -42,6 +43,7 @@ class Turn:
     child_ids: tuple[str, ...]
     base: dict[str, Any]
     consumed: tuple[Effect, ...] = ()
+    retry: Retry | None = None  # the handler's retry settings, between the intent's and the policy's
 
     def decide(self, action: Action, after: Status, wake: Wake | None = None, *,
                effects: tuple[Effect, ...] = (), **extra: Any) -> Decision:
@@ -83,20 +85,31 @@ class Turn:
             extra.pop("state", None)
         if state:
             extra["state"] = state
-        fold, policy = self.fold, self.policy
+        fold, policy, c, r = self.fold, self.policy, self.fold.intent.constraints, self.retry or _NO_RETRY
         failures = fold.consecutive_failures + 1
-        threshold = fold.intent.constraints.max_failures
-        if not retryable or failures >= (policy.max_failures if threshold is None else threshold):
+        # Each setting: the intent's constraints, then the handler's Retry, then the policy.
+        threshold = _first(c.max_failures, r.max_attempts, policy.max_failures)
+        if not retryable or failures >= threshold:
             why = "failure threshold exceeded" if retryable else "non-retryable failure"
             return attrs.evolve(terminate(f"failed: {why}", **extra), effects=self.consumed)
         if kind in NOT_CARRIED_OUT:
             return Decision(Action.EXECUTE, {**extra, "status": kind}, Status.RUNNABLE, effects=self.consumed)
-        c = fold.intent.constraints
-        delay = policy.backoff_ns(failures, error_class, self.latency_ns, c.retry_base, c.retry_max,
+        delay = policy.backoff_ns(failures, error_class, self.latency_ns, _first(c.retry_base, r.base),
+                                  _first(c.retry_max, r.max),
                                   hashlib.sha256(f"{fold.object_id}:{fold.seq + 1}".encode()).digest())
         wake = Wake(until=self.now + delay)
         outcome = {**extra, "wake": wake.as_outcome(), "retry_in": delay}
         return Decision(Action.DORMANCY, outcome, Status.DORMANT, wake, self.consumed)
+
+    def non_retryable(self, exc: BaseException) -> bool:
+        """Is ``exc`` (its class or any base class) named non-retryable by the intent's
+        constraints or, if they name none, by the handler's Retry?"""
+        names = self.fold.intent.constraints.non_retryable
+        if names is None and self.retry is not None:
+            names = self.retry.non_retryable
+        if not names:
+            return False
+        return any(cls.__name__ in names for cls in type(exc).__mro__)
 
     def refuse(self, kind: str, reason: str) -> Decision:
         """The policy refuses a ``kind`` proposal: recorded, never carried out."""
@@ -105,6 +118,17 @@ class Turn:
 
     def invalid(self, problem: str) -> Decision:
         return self.fail("invalid", problem, retryable=True, kind="invalid")
+
+
+_NO_RETRY = Retry()
+
+
+def _first(*values: Any) -> Any:
+    """The first value that is not None."""
+    for value in values:
+        if value is not None:
+            return value
+    return None
 
 
 @functools.lru_cache(maxsize=64)

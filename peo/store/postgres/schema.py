@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from ..fleet import NODES_MIGRATION
 from ..sql import check_creatable, migrations_to_run
 
 __all__ = ["MIGRATIONS", "migrate"]
@@ -64,6 +65,8 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX inbox_object ON {s}.inbox (object_id, id);
     """,
+    # 2: the nodes that serve each handler (peo submit warns when none does).
+    NODES_MIGRATION.replace("{s}", "{s}."),
 ]
 
 

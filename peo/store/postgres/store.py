@@ -20,6 +20,7 @@ from ...core.model import CANCEL_SIGNAL, LIVE_STATUSES, Entry
 from ...errors import NotFoundError, StoreError
 from .. import sql
 from ..base import AppendItem, Claim, NewObject
+from ..fleet import FleetQueries
 from .connection import Conn
 from .notify import Notifications
 from .statements import (
@@ -41,10 +42,16 @@ from .statements import (
 __all__ = ["PostgresStore"]
 
 
-class PostgresStore(Notifications, sql.SQLStore):
+class PostgresStore(Notifications, FleetQueries, sql.SQLStore):
     """The shared store: many nodes on many machines, one schema of one database."""
 
     reads = READS
+
+    async def _write_rows(self, statement: str, args: Sequence[Any]) -> list[Any]:
+        async def body(conn: Conn) -> list[Any]:
+            return list(await conn.fetch(statement, *args))
+
+        return await self._write(body)
 
     async def create(self, objects: Sequence[NewObject]) -> None:
         if not objects:

@@ -10,6 +10,7 @@ import random
 import sqlite3
 import time
 
+from ..fleet import NODES_MIGRATION
 from ..sql import check_creatable, migrations_to_run
 
 __all__ = ["MIGRATIONS", "setup"]
@@ -92,6 +93,8 @@ MIGRATIONS: list[str] = [
     -- handful of distinct values: listing by status scans the table in id order instead.
     DROP INDEX objects_status;
     """,
+    # 5: the nodes that serve each handler (peo submit warns when none does).
+    NODES_MIGRATION.replace("{s}", ""),
 ]
 
 

@@ -17,6 +17,7 @@ from ...core.head import Head
 from ...core.model import CANCEL_SIGNAL, Entry
 from .. import sql
 from ..base import AppendItem, Claim, NewObject
+from ..fleet import FleetQueries
 from .connection import Connections
 from .statements import (
     APPEND_HEAD,
@@ -42,10 +43,13 @@ def _marks(values: Collection[Any]) -> str:
     return ",".join("?" * len(values))
 
 
-class SQLiteStore(Connections, sql.SQLStore):
+class SQLiteStore(Connections, FleetQueries, sql.SQLStore):
     """The embedded store: one database file, shared by the processes that open it."""
 
     reads = READS
+
+    async def _write_rows(self, statement: str, args: Sequence[Any]) -> list[Any]:
+        return await self._write(lambda conn: conn.execute(statement, tuple(args)).fetchall())
 
     async def create(self, objects: Sequence[NewObject]) -> None:
         if objects:

@@ -1,0 +1,81 @@
+"""The fleet as a store sees it: which nodes serve which handlers, what is due that a node
+cannot serve, and an operator taking an object over (to write a cancel no node will write).
+
+The same SQL in both dialects (placeholders from the dialect's :class:`~peo.store.sql.Reads`);
+each dialect supplies ``_write_rows``, one statement in one write transaction.
+"""
+
+from __future__ import annotations
+
+import abc
+import secrets
+from collections.abc import Collection, Sequence
+from typing import Any, ClassVar
+
+from .base import Claim
+from .sql import LIVE, Reads, blob
+
+__all__ = ["NODES_MIGRATION", "FleetQueries"]
+
+#: The table both dialects' migrations create (``{s}``: the PostgreSQL schema prefix).
+NODES_MIGRATION = """
+    CREATE TABLE {s}nodes (
+        id TEXT PRIMARY KEY,
+        handlers TEXT NOT NULL,
+        seen_at BIGINT NOT NULL
+    );
+"""
+
+
+class FleetQueries:
+    """Mixed into each dialect's store (after :class:`~peo.store.sql.SQLStore`)."""
+
+    reads: ClassVar[Reads]
+
+    @abc.abstractmethod
+    async def _read(self, query: str, args: Sequence[Any] = ()) -> list[Any]: ...
+
+    @abc.abstractmethod
+    async def _write_rows(self, statement: str, args: Sequence[Any]) -> list[Any]:
+        """Run one statement in a write transaction of its own; its returned rows."""
+
+    async def register_node(self, node_id: str, handlers: Collection[str], *, now: int) -> None:
+        p = self.reads.param
+        await self._write_rows(
+            f"INSERT INTO nodes (id, handlers, seen_at) VALUES ({p(1)}, {p(2)}, {p(3)})"
+            " ON CONFLICT (id) DO UPDATE SET handlers = excluded.handlers, seen_at = excluded.seen_at",
+            (node_id, "\n".join(sorted(handlers)), now),
+        )
+
+    async def served_handlers(self, *, since: int) -> set[str]:
+        rows = await self._read(f"SELECT handlers FROM nodes WHERE seen_at >= {self.reads.param(1)}", (since,))
+        return {h for (text,) in rows for h in str(text).split("\n") if h}
+
+    async def due_counts(self, *, now: int) -> dict[tuple[str, str], int]:
+        rows = await self._read(
+            f"SELECT handler, scope, count(*) FROM objects WHERE due_at <= {self.reads.param(1)}"
+            f" AND status IN ({LIVE}) GROUP BY handler, scope",
+            (now,),
+        )
+        return {(str(h), str(sc)): int(n) for h, sc, n in rows}
+
+    async def leased_kinds(self, *, now: int) -> set[tuple[str, str]]:
+        rows = await self._read(
+            f"SELECT DISTINCT handler, scope FROM objects WHERE lease_until > {self.reads.param(1)}", (now,))
+        return {(str(h), str(sc)) for h, sc in rows}
+
+    async def seize(self, object_id: str, owner: str, *, now: int, lease_ns: int, force: bool = False) -> Claim | None:
+        p = self.reads.param
+        token = secrets.randbits(62)
+        rows = await self._write_rows(
+            f"UPDATE objects SET lease_owner = {p(1)}, lease_token = {p(2)}, lease_until = {p(3)}"
+            f" WHERE id = {p(4)} AND status IN ({LIVE})"
+            f" AND (lease_until IS NULL OR lease_until < {p(5)} OR {p(6)}) RETURNING seq, inbox, head",
+            (owner, token, now + lease_ns, object_id, now, force),
+        )
+        if not rows:
+            return None
+        seq, inbox, head = rows[0]
+        return Claim(object_id, token, int(seq), int(inbox), blob(head) or b"")
+
+
