@@ -34,6 +34,11 @@ async def cmd_submit(args: argparse.Namespace) -> int:
     retry = _retry(args)
     # No silent new key for a store whose objects were signed by keys kept elsewhere.
     async with open_client(args, identity=args.identity, new_key=args.new_key) as client:
+        served = args.handler in await client.served_handlers()
+        if not served and args.strict:
+            print(f"peo: error: no node has served handler {clean(args.handler)!r} on this store in the last day:"
+                  " nothing would run it (submit without --strict to queue it anyway)", file=sys.stderr)
+            return 1
         # With --id: the same intent again prints the existing id (exit 0); another intent
         # raises ObjectExistsError naming what differs (exit 1); a bad id is a UsageError.
         oid = await client.submit(
@@ -41,6 +46,9 @@ async def cmd_submit(args: argparse.Namespace) -> int:
             labels=label_map, max_failures=args.max_failures, max_steps=args.max_steps, retry=retry,
             object_id=args.id,
         )
+    if not served:
+        print(f"peo: warning: no node has served handler {clean(args.handler)!r} on this store in the last day; "
+              "the object waits until one does (check the handler name; --strict refuses instead)", file=sys.stderr)
     print(oid)
     return 0
 
@@ -126,6 +134,9 @@ def _submit_parser(sub: Subparsers) -> None:
     sp.add_argument("--max-steps", type=positive_int, metavar="N", help="step budget")
     sp.add_argument("--new-key", action="store_true",
                     help="create a new client key even though the store already has objects (then trust its .pub)")
+    sp.add_argument("--strict", action="store_true",
+                    help="refuse (exit 1) when no node has served HANDLER on this store in the last day; without "
+                    "it, such a submit warns on stderr and queues the object")
 
 
 def _signal_parser(sub: Subparsers) -> None:

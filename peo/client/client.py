@@ -304,6 +304,11 @@ class Client:
 
     # -- reading (see .reads) ----------------------------------------------------------------
 
+    async def served_handlers(self, *, within: float = 86_400.0) -> set[str]:
+        """The handlers some node registered as serving in the last ``within`` seconds (a
+        node registers when it starts and every minute while it runs)."""
+        return await self.store.served_handlers(since=time.time_ns() - int(within * 1e9))
+
     async def get(self, object_id: str, *, memory: bool = True) -> ObjectInfo:
         """The object's head and (decoded, not verified: see verify()) memory."""
         return await reads.get(self.store, object_id, memory=memory)
