@@ -145,3 +145,13 @@ def test_without_any_retry_setting_the_decisions_are_unchanged() -> None:
                                                       latency_ns=1_000, retry=None)
     assert conclude(a.fold, a.policy, ValueError("boom"), now=T0, latency_ns=1_000, retry=Retry()) == \
         a.conclude(ValueError("boom"))
+
+
+def test_a_refinement_may_not_drop_non_retryable_exceptions_unless_the_policy_lets_it_relax() -> None:
+    from peo.core.cycle.proposals import _relaxes
+
+    strict = Constraints(non_retryable=("ValueError", "KeyError"))
+    assert _relaxes(strict, Constraints(non_retryable=("ValueError",))) == "non_retryable"
+    assert _relaxes(strict, Constraints()) == "non_retryable"
+    assert _relaxes(strict, Constraints(non_retryable=("KeyError", "ValueError", "OSError"))) is None  # tighter
+    assert _relaxes(Constraints(), Constraints(non_retryable=("ValueError",))) is None

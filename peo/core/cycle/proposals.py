@@ -158,6 +158,9 @@ def _relaxes(old: Constraints, new: Constraints) -> str | None:
     for name in ("deadline", "max_failures", "max_steps"):
         if looser(getattr(old, name), getattr(new, name)):
             return name
+    # Fewer exceptions that end the object at once means more retries: looser too.
+    if old.non_retryable and not set(old.non_retryable) <= set(new.non_retryable or ()):
+        return "non_retryable"
     return None
 
 
