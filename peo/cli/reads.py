@@ -23,7 +23,8 @@ _STATUSES = ("runnable", "running", "dormant", "terminated", "quarantined")
 
 async def cmd_ls(args: argparse.Namespace) -> int:
     async with open_client(args, create=False) as client:
-        rows = await client.list(status=args.status, limit=args.limit, handler=args.handler, parent=args.parent)
+        rows = await client.list(status=args.status, limit=args.limit, handler=args.handler, parent=args.parent,
+                                 after=args.after)
     if args.json:
         doc = [
             {"id": r.id, "status": r.status, "handler": r.handler, "seq": r.seq, "priority": r.priority,
@@ -174,6 +175,8 @@ def _ls_parser(sub: Subparsers) -> None:
     sp.add_argument("--json", action="store_true",
                     help="a JSON array of {id,status,handler,seq,priority,parent,reason}")
     sp.add_argument("--limit", type=positive_int, metavar="N", help="at most N objects")
+    sp.add_argument("--after", metavar="ID", type=text_arg("object id"),
+                    help="only objects with ids after ID (the next page: the last id of this one)")
     sp.add_argument("--handler", metavar="NAME", type=text_arg("handler"), help="only objects asking for this handler")
     sp.add_argument("--parent", metavar="ID", type=text_arg("parent id"),
                     help="only the children of this object (those it delegated to)")

@@ -313,13 +313,17 @@ class Client:
         """The object's head and (decoded, not verified: see verify()) memory."""
         return await reads.get(self.store, object_id, memory=memory)
 
-    async def list(self, *, status: str | None = None, limit: int | None = None,
-                   parent: str | None = None, handler: str | None = None) -> list[ObjectSummary]:
-        """Objects ordered by id (oldest first); ``status`` may be "running"."""
-        return await reads.list_objects(self.store, status=status, limit=limit, parent=parent, handler=handler)
+    async def list(self, *, status: str | None = None, limit: int | None = None, parent: str | None = None,
+                   handler: str | None = None, after: str | None = None) -> list[ObjectSummary]:
+        """Objects ordered by id (oldest first); ``status`` may be "running". Page through many
+        with ``limit`` and ``after`` (the last id of the previous page)."""
+        return await reads.list_objects(self.store, status=status, limit=limit, parent=parent, handler=handler,
+                                        after=after)
 
-    async def wait(self, object_id: str, timeout: float | None = None, *, poll: float = 0.05) -> Any:
-        """Wait until the object terminates; return its result.
+    async def wait(self, object_id: str, timeout: float | None = None, *, poll: float | None = None) -> Any:
+        """Wait until the object terminates; return its result. On PostgreSQL the object's end
+        wakes the wait (LISTEN/NOTIFY; ``poll`` is a fallback, default 2 s); on SQLite it
+        polls every ``poll`` seconds (default 0.05).
 
         Raises :class:`~peo.errors.ObjectFailedError` if it ended without ``Done`` (failed,
         cancelled, cut off, quarantined) and :class:`~peo.errors.TimeoutError` on timeout.

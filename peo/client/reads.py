@@ -38,12 +38,13 @@ def summary(row: ObjectRow, now: int) -> ObjectSummary:
 
 
 async def list_objects(store: Store, *, status: str | None = None, limit: int | None = None,
-                       parent: str | None = None, handler: str | None = None) -> list[ObjectSummary]:
+                       parent: str | None = None, handler: str | None = None,
+                       after: str | None = None) -> list[ObjectSummary]:
     """Objects ordered by id (oldest first), filtered by status, parent and/or handler."""
     if status is not None and status not in {s.value for s in Status}:
         raise UsageError(f"unknown status {status!r}: use one of {', '.join(s.value for s in Status)}")
     now = time.time_ns()
-    rows = await store.list(status=status, limit=limit, parent=parent, now=now, handler=handler)
+    rows = await store.list(status=status, limit=limit, parent=parent, now=now, handler=handler, after=after)
     out = [summary(r, now) for r in rows]
     if any(r.status in LIVE_STATUSES or r.status is Status.RUNNING for r in out):
         served = await store.served_handlers(since=now - SERVED_WINDOW_NS)
@@ -67,8 +68,11 @@ async def get(store: Store, object_id: str, *, memory: bool = True) -> ObjectInf
     return _info(row, entries)
 
 
-async def wait(store: Store, object_id: str, timeout: float | None = None, *, poll: float = 0.05) -> Any:
-    """Wait until the object terminates; return its result (see ``Client.wait``)."""
+async def wait(store: Store, object_id: str, timeout: float | None = None, *, poll: float | None = None) -> Any:
+    """Wait until the object terminates; return its result (see ``Client.wait``). On a store
+    that notifies (PostgreSQL) the end wakes the wait; the poll is only a fallback."""
+    if poll is None:
+        poll = 2.0 if store.notifies else 0.05
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         row = await store.get(object_id)
@@ -80,7 +84,11 @@ async def wait(store: Store, object_id: str, timeout: float | None = None, *, po
             raise ObjectFailedError(object_id, "quarantined", row.reason)
         if deadline is not None and time.monotonic() >= deadline:
             raise TimeoutError(f"object {object_id} is still {row.status} after {timeout} s")
-        await asyncio.sleep(poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic())))
+        pause = poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic()))
+        if store.notifies:
+            await store.wait_for_work(pause)
+        else:
+            await asyncio.sleep(pause)
 
 
 async def last_error(store: Store, object_id: str) -> dict[str, Any] | None:

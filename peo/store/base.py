@@ -215,8 +215,9 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def list(self, *, status: Status | str | None = None, limit: int | None = None,
                    parent: str | None = None, now: int | None = None,
-                   handler: str | None = None) -> list[ObjectRow]:
-        """Heads ordered by id, of one ``status``, one ``parent`` and/or one ``handler`` if given.
+                   handler: str | None = None, after: str | None = None) -> list[ObjectRow]:
+        """Heads ordered by id, of one ``status``, one ``parent`` and/or one ``handler`` if given,
+        with ids after ``after`` (paging: pass the last id of the previous page).
 
         ``status`` may be "running" (runnable with a lease live at ``now``): it needs
         ``now``, else UsageError (a store never reads the clock)."""
@@ -263,9 +264,12 @@ class Store(abc.ABC):
         an entry no node will write, e.g. a cancel). None if it is final, or leased by
         someone else and not ``force`` (a lease a dead node left behind). Atomic like a claim."""
 
+    #: Does :meth:`wait_for_work` return early when work becomes due or an object ends?
+    notifies: bool = False
+
     async def wait_for_work(self, timeout: float) -> None:
-        """Sleep until work may be available or ``timeout`` seconds pass (backends with a
-        notification channel wake early)."""
+        """Sleep until work may be available or an object ended, or ``timeout`` seconds pass
+        (backends with a notification channel, ``notifies``, wake early)."""
         import asyncio
 
         await asyncio.sleep(timeout)

@@ -280,7 +280,8 @@ def object_row(r: Sequence[Any]) -> ObjectRow:
 
 
 def list_query(param: Callable[[int], str], *, status: Status | str | None, limit: int | None,
-               parent: str | None, now: int | None, handler: str | None = None) -> tuple[str, list[Any]]:
+               parent: str | None, now: int | None, handler: str | None = None,
+               after: str | None = None) -> tuple[str, list[Any]]:
     """The query of :meth:`Store.list` and its arguments; ``param(n)`` is the placeholder
     of the n-th argument (from 1)."""
     where: list[str] = []
@@ -300,6 +301,8 @@ def list_query(param: Callable[[int], str], *, status: Status | str | None, limi
         where.append(f"parent = {arg(parent)}")
     if handler is not None:
         where.append(f"handler = {arg(handler)}")
+    if after is not None:  # paging: the next page starts after the last id of this one
+        where.append(f"id > {arg(after)}")
     query = f"SELECT {COLUMNS} FROM objects"
     if where:
         query += " WHERE " + " AND ".join(where)
@@ -423,7 +426,7 @@ class SQLStore(Store):
     # Last: below this line, ``list`` in the class body is this method.
     async def list(self, *, status: Status | str | None = None, limit: int | None = None,
                    parent: str | None = None, now: int | None = None,
-                   handler: str | None = None) -> list[ObjectRow]:
+                   handler: str | None = None, after: str | None = None) -> list[ObjectRow]:
         query, args = list_query(self.reads.param, status=status, limit=limit, parent=parent, now=now,
-                                 handler=handler)
+                                 handler=handler, after=after)
         return [object_row(r) for r in await self._read(query, args)]

@@ -930,3 +930,14 @@ async def test_list_filters_by_handler_too(store: Store) -> None:
     assert [r.id for r in await store.list(handler="other", parent=a.id)] == [kid.id]
     assert [r.id for r in await store.list(handler="work", status="runnable")] == [a.id]
     assert await store.list(handler="none") == []
+
+
+async def test_list_pages_by_id(store: Store) -> None:
+    objs = [new_object() for _ in range(5)]
+    await store.create(objs)
+    ids = sorted(o.id for o in objs)
+    first = await store.list(limit=2)
+    assert [r.id for r in first] == ids[:2]
+    second = await store.list(limit=2, after=first[-1].id)
+    assert [r.id for r in second] == ids[2:4]
+    assert [r.id for r in await store.list(after=ids[-1])] == []

@@ -46,6 +46,7 @@ class PostgresStore(Notifications, FleetQueries, sql.SQLStore):
     """The shared store: many nodes on many machines, one schema of one database."""
 
     reads = READS
+    notifies = True  # wait_for_work() returns when work becomes due or an object ends
 
     async def _write_rows(self, statement: str, args: Sequence[Any]) -> list[Any]:
         async def body(conn: Conn) -> list[Any]:
@@ -150,9 +151,11 @@ class PostgresStore(Notifications, FleetQueries, sql.SQLStore):
             # dormant at the same moment sees this child finished, or is woken below.
             await conn.fetch(LOCK, [object_id] if parent is None else [object_id, parent])
             await conn.execute(QUARANTINE, object_id, reason[: sql.REASON_LIMIT], now)
-            # A quarantined child counts as finished: wake a parent waiting for it.
-            if parent is not None and await conn.fetchrow(WAKE_PARENT, parent, now):
-                await self._notify(conn)
+            # A quarantined child counts as finished: wake a parent waiting for it. Either way a
+            # client waiting for this object's end hears of it.
+            if parent is not None:
+                await conn.fetchrow(WAKE_PARENT, parent, now)
+            await self._notify(conn)
 
         await self._write(body)
 
@@ -256,4 +259,6 @@ async def _append_one(
     parent = sql.parent_to_wake(item)
     if parent is not None and await conn.fetchrow(WAKE_PARENT, parent, now):
         woke = True
+    if item.head.status.is_final:
+        woke = True  # a client waiting for this object's end hears of it (Client.wait)
     return int(row[0]), woke
