@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..core.model import Status
-from .parser import EXAMPLE_ID, add_verb, open_client, positive_int, text_arg
+from .parser import EXAMPLE_ID, add_verb, fail, labels, open_client, positive_int, text_arg
 from .render import clean, compact, dumps, iso, jsonable, short_outcome, table, when
 
 if TYPE_CHECKING:
@@ -22,9 +22,12 @@ _STATUSES = ("runnable", "running", "dormant", "terminated", "quarantined")
 
 
 async def cmd_ls(args: argparse.Namespace) -> int:
+    label_map = labels(args.label or [])
+    if len(label_map) < len(set(args.label or [])):
+        fail("--label gives one key two values: an object has one value per key, so none would match")
     async with open_client(args, create=False) as client:
         rows = await client.list(status=args.status, limit=args.limit, handler=args.handler, parent=args.parent,
-                                 after=args.after)
+                                 after=args.after, labels=label_map or None)
     if args.json:
         doc = [
             {"id": r.id, "status": r.status, "handler": r.handler, "seq": r.seq, "priority": r.priority,
@@ -38,6 +41,7 @@ async def cmd_ls(args: argparse.Namespace) -> int:
     if not rows:
         filters = [f"{k} {clean(v)}" for k, v in (("status", args.status), ("handler", args.handler),
                                                     ("parent", args.parent)) if v]
+        filters += [f"label {clean(k)}={clean(v)}" for k, v in sorted(label_map.items())]
         print("no objects" + (f" with {' and '.join(filters)}" if filters else ""))
         return 0
     table(
@@ -170,7 +174,7 @@ def _ls_parser(sub: Subparsers) -> None:
                   "List objects as a table (id, status, handler, seq, priority, reason), or as JSON with --json. "
                   "For a dormant object, REASON says what wakes it: a signal, its children, a time.",
                   ["peo ls", "peo ls --status dormant --handler approval", f"peo ls --parent {EXAMPLE_ID}",
-                   "peo ls --json --limit 100 | jq '.[].id'"], cmd_ls)
+                   "peo ls --label team=ops --label env=prod", "peo ls --json --limit 100 | jq '.[].id'"], cmd_ls)
     sp.add_argument("--status", choices=_STATUSES, help="only objects with this status")
     sp.add_argument("--json", action="store_true",
                     help="a JSON array of {id,status,handler,seq,priority,parent,reason}")
@@ -180,6 +184,9 @@ def _ls_parser(sub: Subparsers) -> None:
     sp.add_argument("--handler", metavar="NAME", type=text_arg("handler"), help="only objects asking for this handler")
     sp.add_argument("--parent", metavar="ID", type=text_arg("parent id"),
                     help="only the children of this object (those it delegated to)")
+    sp.add_argument("--label", action="append", metavar="KEY=VALUE", type=text_arg("label"),
+                    help="only objects with this label (repeatable: all must match; a child carries its parent's "
+                    "labels; objects created before the store was upgraded to list by label carry none)")
 
 
 def _show_parser(sub: Subparsers) -> None:

@@ -131,6 +131,7 @@ async def import_(store: Store, keyring: Keyring, data: bytes) -> str:
     else:
         _check_trailer(doc, rows, entries, ctx.trust_scope, keyring)
     now = time.time_ns()
-    obj = NewObject(oid, fold.intent.handler, ctx.trust_scope, ctx.identity, ctx.priority, ctx.parent, entries[0], now)
+    obj = NewObject(oid, fold.intent.handler, ctx.trust_scope, ctx.identity, ctx.priority, ctx.parent, entries[0], now,
+                    labels=ctx.labels)
     await store.import_object(obj, entries[1:], head_of(fold, now=now), now=now)
     return oid

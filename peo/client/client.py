@@ -201,7 +201,7 @@ class Client:
             policy_ref=self.policy.ref, action=Action.INSTANTIATE,
             outcome=instantiation_outcome(oid, intent, context), trace_id=oid,
         )
-        return NewObject(oid, handler, scope, self.identity, priority, None, entry, now)
+        return NewObject(oid, handler, scope, self.identity, priority, None, entry, now, labels=lab)
 
     async def submit(
         self,
@@ -314,11 +314,14 @@ class Client:
         return await reads.get(self.store, object_id, memory=memory)
 
     async def list(self, *, status: str | None = None, limit: int | None = None, parent: str | None = None,
-                   handler: str | None = None, after: str | None = None) -> list[ObjectSummary]:
-        """Objects ordered by id (oldest first); ``status`` may be "running". Page through many
-        with ``limit`` and ``after`` (the last id of the previous page)."""
+                   handler: str | None = None, after: str | None = None,
+                   labels: Mapping[str, str] | None = None) -> list[ObjectSummary]:
+        """Objects ordered by id (oldest first); ``status`` may be "running". ``labels`` keeps
+        only the objects carrying every one of these labels (as submitted, or inherited by a
+        child; an object created before its store's upgrade to label listing matches none).
+        Page through many with ``limit`` and ``after`` (the last id of the previous page)."""
         return await reads.list_objects(self.store, status=status, limit=limit, parent=parent, handler=handler,
-                                        after=after)
+                                        after=after, labels=labels)
 
     async def wait(self, object_id: str, timeout: float | None = None, *, poll: float | None = None) -> Any:
         """Wait until the object terminates; return its result. On PostgreSQL the object's end

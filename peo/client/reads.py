@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -39,12 +39,16 @@ def summary(row: ObjectRow, now: int) -> ObjectSummary:
 
 async def list_objects(store: Store, *, status: str | None = None, limit: int | None = None,
                        parent: str | None = None, handler: str | None = None,
-                       after: str | None = None) -> list[ObjectSummary]:
-    """Objects ordered by id (oldest first), filtered by status, parent and/or handler."""
+                       after: str | None = None, labels: Mapping[str, str] | None = None) -> list[ObjectSummary]:
+    """Objects ordered by id (oldest first), filtered by status, parent, handler and/or
+    labels (every one must match)."""
     if status is not None and status not in {s.value for s in Status}:
         raise UsageError(f"unknown status {status!r}: use one of {', '.join(s.value for s in Status)}")
+    if labels is not None and not isinstance(labels, Mapping):
+        raise UsageError("labels must be a mapping of label keys to values, like {\"team\": \"ops\"}")
     now = time.time_ns()
-    rows = await store.list(status=status, limit=limit, parent=parent, now=now, handler=handler, after=after)
+    rows = await store.list(status=status, limit=limit, parent=parent, now=now, handler=handler, after=after,
+                            labels=labels)
     out = [summary(r, now) for r in rows]
     if any(r.status in LIVE_STATUSES or r.status is Status.RUNNING for r in out):
         served = await store.served_handlers(since=now - SERVED_WINDOW_NS)

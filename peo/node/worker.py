@@ -267,6 +267,6 @@ class Worker:
         return NewObject(
             id=child.id, handler=child.intent.handler, scope=child.context.trust_scope,
             identity=child.context.identity, priority=child.context.priority, parent=child.context.parent,
-            entry=entry0, due_at=now,
+            entry=entry0, due_at=now, labels=child.context.labels,
         )
 

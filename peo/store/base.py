@@ -14,7 +14,7 @@ transactions are rendered from :mod:`peo.core.wake`.
 from __future__ import annotations
 
 import abc
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -40,6 +40,7 @@ class NewObject:
     parent: str | None
     entry: Entry
     due_at: int  # when it is first due (normally: now)
+    labels: Mapping[str, str] = attrs.field(factory=dict)  # entry 0's Context.labels (for listing)
 
 
 @attrs.frozen
@@ -215,9 +216,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def list(self, *, status: Status | str | None = None, limit: int | None = None,
                    parent: str | None = None, now: int | None = None,
-                   handler: str | None = None, after: str | None = None) -> list[ObjectRow]:
+                   handler: str | None = None, after: str | None = None,
+                   labels: Mapping[str, str] | None = None) -> list[ObjectRow]:
         """Heads ordered by id, of one ``status``, one ``parent`` and/or one ``handler`` if given,
-        with ids after ``after`` (paging: pass the last id of the previous page).
+        carrying every one of ``labels`` (key and value exactly; objects created before the store
+        recorded labels in the head match none), with ids after ``after`` (paging: pass the
+        last id of the previous page). A label key or value that is empty, longer than 200
+        characters or holds control characters is a UsageError.
 
         ``status`` may be "running" (runnable with a lease live at ``now``): it needs
         ``now``, else UsageError (a store never reads the clock)."""

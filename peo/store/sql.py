@@ -14,10 +14,10 @@ notifications) stays in each dialect's package.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
-from ..core.codec import packb, unpackb
+from ..core.codec import check_name, packb, unpackb
 from ..core.head import Head
 from ..core.model import CANCEL_SIGNAL, Entry, Signal, Status
 from ..core.wake import child_end_wakes, due_case, final_statuses_sql, live_statuses_sql, signal_wakes
@@ -46,6 +46,8 @@ __all__ = [
     "insert_entry",
     "insert_object",
     "is_due",
+    "label_text",
+    "labels_text",
     "list_query",
     "memories",
     "migrations_to_run",
@@ -117,13 +119,14 @@ def _template(*params: str) -> Callable[[Callable[[Param], str]], Template]:
     return make
 
 
-@_template("id", "handler", "scope", "identity", "priority", "hash", "due", "parent")
+@_template("id", "handler", "scope", "identity", "priority", "hash", "due", "parent", "labels")
 def insert_object(p: Param) -> str:
     """A new object's head: runnable at seq 0, due at ``due`` (values: :func:`object_values`)."""
     return (
         "INSERT INTO objects (id, handler, scope, identity, priority, status, seq, head, due_at, parent,"
-        f" created_at, updated_at) VALUES ({p('id')}, {p('handler')}, {p('scope')}, {p('identity')},"
-        f" {p('priority')}, '{Status.RUNNABLE}', 0, {p('hash')}, {p('due')}, {p('parent')}, {p('due')}, {p('due')})"
+        f" created_at, updated_at, labels) VALUES ({p('id')}, {p('handler')}, {p('scope')}, {p('identity')},"
+        f" {p('priority')}, '{Status.RUNNABLE}', 0, {p('hash')}, {p('due')}, {p('parent')}, {p('due')}, {p('due')},"
+        f" {p('labels')})"
     )
 
 
@@ -204,7 +207,25 @@ def import_head(p: Param) -> str:
 
 
 def object_values(o: NewObject) -> tuple[Any, ...]:
-    return o.id, o.handler, o.scope, o.identity, o.priority, o.entry.hash, o.due_at, o.parent
+    return o.id, o.handler, o.scope, o.identity, o.priority, o.entry.hash, o.due_at, o.parent, labels_text(o.labels)
+
+
+# The objects table's ``labels`` column: one line per label, "KEY<tab>VALUE", sorted, with a
+# newline before each and after the last ("" for none). Labels are checked names (no control
+# characters), so a tab parts key from value unambiguously (a key may hold "=") and one
+# label is matched exactly by looking for its "\nKEY\tVALUE\n" in the column.
+
+
+def label_text(key: str, value: str) -> str:
+    """One label as the ``labels`` column holds it, newlines around it."""
+    return f"\n{key}\t{value}\n"
+
+
+def labels_text(labels: Mapping[str, str]) -> str:
+    """The ``labels`` column of an object with these labels."""
+    if not labels:
+        return ""
+    return "".join(f"\n{k}\t{labels[k]}" for k in sorted(labels)) + "\n"
 
 
 def entry_values(object_id: str, e: Entry) -> tuple[Any, ...]:
@@ -281,9 +302,11 @@ def object_row(r: Sequence[Any]) -> ObjectRow:
 
 def list_query(param: Callable[[int], str], *, status: Status | str | None, limit: int | None,
                parent: str | None, now: int | None, handler: str | None = None,
-               after: str | None = None) -> tuple[str, list[Any]]:
+               after: str | None = None, labels: Mapping[str, str] | None = None,
+               contains: Callable[[str, str], str] | None = None) -> tuple[str, list[Any]]:
     """The query of :meth:`Store.list` and its arguments; ``param(n)`` is the placeholder
-    of the n-th argument (from 1)."""
+    of the n-th argument (from 1), ``contains(text, part)`` the dialect's test that the SQL
+    expression ``text`` holds ``part`` (exactly, case and all: needed for ``labels``)."""
     where: list[str] = []
     args: list[Any] = []
 
@@ -303,6 +326,15 @@ def list_query(param: Callable[[int], str], *, status: Status | str | None, limi
         where.append(f"handler = {arg(handler)}")
     if after is not None:  # paging: the next page starts after the last id of this one
         where.append(f"id > {arg(after)}")
+    for key, value in sorted((labels or {}).items()):
+        try:
+            check_name(key, "label")
+            check_name(value, "label value")
+        except CodecError as exc:
+            raise UsageError(str(exc)) from None
+        if contains is None:
+            raise AssertionError("list_query: filtering by labels needs contains=")
+        where.append(contains("labels", arg(label_text(key, value))))
     query = f"SELECT {COLUMNS} FROM objects"
     if where:
         query += " WHERE " + " AND ".join(where)
@@ -374,8 +406,12 @@ class Reads:
     (``param(n)``: the n-th argument, from 1)."""
 
     def __init__(self, param: Callable[[int], str], *, next_due: str,
-                 entries_of: Callable[[list[str]], tuple[str, Sequence[Any]]]):
+                 entries_of: Callable[[list[str]], tuple[str, Sequence[Any]]],
+                 contains: Callable[[str, str], str]):
         self.param = param
+        # ``contains(text, part)``: the SQL test that ``text`` holds ``part`` as is (no
+        # wildcards, case-sensitive: LIKE has wildcards and ignores case in SQLite).
+        self.contains = contains
         # The (object_id, body, sig) rows of several objects in (object_id, seq) order:
         # the query and its arguments for a list of ids (each dialect binds a list its way).
         self.entries_of = entries_of
@@ -426,7 +462,8 @@ class SQLStore(Store):
     # Last: below this line, ``list`` in the class body is this method.
     async def list(self, *, status: Status | str | None = None, limit: int | None = None,
                    parent: str | None = None, now: int | None = None,
-                   handler: str | None = None, after: str | None = None) -> list[ObjectRow]:
+                   handler: str | None = None, after: str | None = None,
+                   labels: Mapping[str, str] | None = None) -> list[ObjectRow]:
         query, args = list_query(self.reads.param, status=status, limit=limit, parent=parent, now=now,
-                                 handler=handler, after=after)
+                                 handler=handler, after=after, labels=labels, contains=self.reads.contains)
         return [object_row(r) for r in await self._read(query, args)]

@@ -941,3 +941,36 @@ async def test_list_pages_by_id(store: Store) -> None:
     second = await store.list(limit=2, after=first[-1].id)
     assert [r.id for r in second] == ids[2:4]
     assert [r.id for r in await store.list(after=ids[-1])] == []
+
+
+async def test_list_filters_by_labels_exactly_and_all_must_match(store: Store) -> None:
+    def labelled(labels: dict[str, str]) -> NewObject:
+        return attrs.evolve(new_object(), labels=labels)
+
+    both = labelled({"team": "ops", "env": "prod"})
+    ops = labelled({"team": "ops"})
+    upper = labelled({"team": "OPS"})
+    eq_key = labelled({"team=ops": "x"})  # a key may hold "=": never confused with team="ops=x"
+    wild = labelled({"t_am": "o%s"})
+    none = new_object()
+    await store.create([both, ops, upper, eq_key, wild, none])
+    imported = labelled({"team": "ops", "env": "dev"})
+    await store.import_object(imported, [], head("runnable", T0), now=T0)
+
+    async def ids(**labels: str) -> list[str]:
+        return [r.id for r in await store.list(labels=labels)]
+
+    assert await ids(team="ops") == sorted([both.id, ops.id, imported.id])
+    assert await ids(team="ops", env="prod") == [both.id]
+    assert await ids(env="prod", team="OPS") == []
+    assert await ids(team="OPS") == [upper.id]  # case matters
+    assert await ids(team="op") == [] and await ids(eam="ops") == []  # no prefix or suffix matches
+    assert await ids(**{"team": "ops=x"}) == [] and await ids(**{"team=ops": "x"}) == [eq_key.id]
+    assert await ids(t_am="o%s") == [wild.id] and await ids(team="o_s") == [] and await ids(t_am="%") == []
+    assert len(await store.list(labels={})) == 7
+    assert [r.id for r in await store.list(labels={"team": "ops"}, status="runnable", limit=1)] == [
+        min(both.id, ops.id, imported.id)
+    ]
+    for bad in ({"team": "a\nb"}, {"": "x"}, {"k\t": "v"}):
+        with pytest.raises(UsageError):
+            await store.list(labels=bad)

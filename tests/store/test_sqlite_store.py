@@ -37,8 +37,8 @@ def table_sql(path: str, name: str) -> str:
 
 def downgrade_to_version_2(path: str) -> None:
     """Rewrite a store into exactly the layout migrations 1 and 2 produced (entries keyed by
-    (object_id, seq) WITHOUT ROWID, a status index, no claim index, no nodes table), keeping
-    its rows."""
+    (object_id, seq) WITHOUT ROWID, a status index, no claim index, no nodes table, no labels
+    column), keeping its rows."""
     with sqlite3.connect(path, isolation_level=None) as db:
         db.executescript(
             """
@@ -53,6 +53,7 @@ def downgrade_to_version_2(path: str) -> None:
             DROP INDEX objects_claim;
             CREATE INDEX objects_status ON objects (status);
             DROP TABLE IF EXISTS nodes;
+            ALTER TABLE objects DROP COLUMN labels;
             DELETE FROM peo_schema WHERE version > 2;
             COMMIT;
             """

@@ -67,6 +67,11 @@ MIGRATIONS: list[str] = [
     """,
     # 2: the nodes that serve each handler (peo submit warns when none does).
     NODES_MIGRATION.replace("{s}", "{s}."),
+    # 3: each object's labels (entry 0's Context.labels) in its head, for listing by label
+    # (see peo.store.sql.labels_text). Objects created before this have none recorded.
+    """
+    ALTER TABLE {s}.objects ADD COLUMN labels TEXT NOT NULL DEFAULT '';
+    """,
 ]
 
 

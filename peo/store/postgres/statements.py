@@ -28,7 +28,7 @@ __all__ = [
 # The SQL type of each parameter the shared templates name.
 _TYPES = {
     "id": "text", "handler": "text", "scope": "text", "identity": "text", "parent": "text", "status": "text",
-    "wait_signal": "text", "reason": "text", "name": "text",
+    "wait_signal": "text", "reason": "text", "name": "text", "labels": "text",
     "priority": "bigint", "seq": "bigint", "prev_seq": "bigint", "due": "bigint", "now": "bigint",
     "consumed": "bigint", "token": "bigint",
     "hash": "bytea", "body": "bytea", "sig": "bytea", "result": "bytea",
@@ -106,7 +106,11 @@ def _entries_of(ids: list[str]) -> tuple[str, tuple[list[str]]]:
     return _ENTRIES_OF, (ids,)
 
 
+def _contains(text: str, part: str) -> str:
+    return f"strpos({text}, {part}::text) > 0"
+
+
 READS = sql.Reads(
-    _numbered, entries_of=_entries_of,
+    _numbered, entries_of=_entries_of, contains=_contains,
     next_due=f"SELECT min(due_at) FROM objects WHERE due_at IS NOT NULL AND status IN ({sql.LIVE})",
 )

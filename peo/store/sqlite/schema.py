@@ -95,6 +95,11 @@ MIGRATIONS: list[str] = [
     """,
     # 5: the nodes that serve each handler (peo submit warns when none does).
     NODES_MIGRATION.replace("{s}", ""),
+    # 6: each object's labels (entry 0's Context.labels) in its head, for listing by label
+    # (see peo.store.sql.labels_text). Objects created before this have none recorded.
+    """
+    ALTER TABLE objects ADD COLUMN labels TEXT NOT NULL DEFAULT '';
+    """,
 ]
 
 

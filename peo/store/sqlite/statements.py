@@ -51,7 +51,11 @@ def _entries_of(ids: list[str]) -> tuple[str, list[str]]:
     return f"SELECT object_id, body, sig FROM entries WHERE object_id IN ({marks}) ORDER BY object_id, seq", ids
 
 
-READS = sql.Reads(_positional, entries_of=_entries_of, next_due=(
+def _contains(text: str, part: str) -> str:
+    return f"instr({text}, {part}) > 0"
+
+
+READS = sql.Reads(_positional, entries_of=_entries_of, contains=_contains, next_due=(
     "SELECT due_at FROM objects INDEXED BY objects_due WHERE due_at IS NOT NULL"
     f" AND status IN ({sql.LIVE}) ORDER BY due_at LIMIT 1"
 ))
