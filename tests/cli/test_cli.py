@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clirun import ok, run, submit
 
 import peo
 from peo import cli, config, keys
@@ -66,24 +67,6 @@ def app_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]
     yield "myapp:app"
     for name in ("myapp", "broken"):
         sys.modules.pop(name, None)
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
-
-
-def ok(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    code, out, err = run(capsys, *argv)
-    assert code == 0, err
-    return out
-
-
-def submit(capsys: pytest.CaptureFixture[str], url: str, *argv: str) -> str:
-    out = ok(capsys, "--store", url, "submit", *argv)
-    return out.strip()
 
 
 def listing(capsys: pytest.CaptureFixture[str], url: str) -> dict[str, dict[str, Any]]:

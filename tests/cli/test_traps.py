@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from peo import cli
+from clirun import ok, run, submit
 
 APP_SOURCE = '''
 import peo
@@ -59,23 +58,6 @@ def app_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]
     monkeypatch.setattr(sys, "path", list(sys.path))
     yield "trapapp:app"
     sys.modules.pop("trapapp", None)
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
-
-
-def ok(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    code, out, err = run(capsys, *argv)
-    assert code == 0, err
-    return out
-
-
-def submit(capsys: pytest.CaptureFixture[str], url: str, *argv: str) -> str:
-    return ok(capsys, "--store", url, "submit", *argv).strip()
 
 
 def run_node(capsys: pytest.CaptureFixture[str], url: str, app: str = "trapapp:app") -> None:

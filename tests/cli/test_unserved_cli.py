@@ -3,15 +3,7 @@ until-idle node says what it left behind, ls says why the object waits."""
 
 from __future__ import annotations
 
-import pytest
-
-from peo import cli
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+from clirun import run
 
 
 def test_a_submit_for_a_handler_no_node_serves_warns_and_strict_refuses(capsys, sqlite_url) -> None:
