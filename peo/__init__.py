@@ -43,6 +43,7 @@ from .core.model import WaitSignal as WaitSignal
 from .core.policy import Policy as Policy
 from .errors import CodecError as CodecError
 from .errors import ConflictError as ConflictError
+from .errors import DivergedError as DivergedError
 from .errors import IntegrityError as IntegrityError
 from .errors import InternalError as InternalError
 from .errors import LeaseLostError as LeaseLostError
@@ -52,9 +53,11 @@ from .errors import ObjectFailedError as ObjectFailedError
 from .errors import ObjectTerminatedError as ObjectTerminatedError
 from .errors import PeoError as PeoError
 from .errors import PolicyError as PolicyError
+from .errors import SignalTimeout as SignalTimeout
 from .errors import StoreError as StoreError
 from .errors import TimeoutError as TimeoutError
 from .errors import UsageError as UsageError
+from .functions import Run as Run
 
 if TYPE_CHECKING:
     from .client import Client as Client
@@ -92,6 +95,7 @@ __all__ = [
     "Context",
     "Continue",
     "Delegate",
+    "DivergedError",
     "Done",
     "Entry",
     "Fail",
@@ -113,7 +117,9 @@ __all__ = [
     "Proposal",
     "Refine",
     "Retry",
+    "Run",
     "Signal",
+    "SignalTimeout",
     "SigningKey",
     "Sleep",
     "Status",

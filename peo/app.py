@@ -11,6 +11,7 @@ import attrs
 from .core.codec import check_name
 from .core.model import Retry, Step
 from .errors import CodecError, UsageError
+from .functions import FunctionFn, function_handler
 
 __all__ = ["App", "Handler"]
 
@@ -55,6 +56,22 @@ class App:
             return fn
 
         return register
+
+    def function(self, name: str, *, timeout: float | None = None,
+                 retry: Retry | None = None) -> Callable[[FunctionFn], FunctionFn]:
+        """Register a durable function ``async def f(run: peo.Run, **goal)`` as ``name``.
+
+        It becomes an ordinary handler that re-runs ``f`` from the top each cycle: each
+        ``run.step``, ``run.sleep`` and ``run.wait_signal`` it awaits is carried out once and
+        recorded in a signed entry, and its return value ends the object (``Done``).
+        ``timeout`` and ``retry`` apply to each of its steps as for :meth:`handler`."""
+        register = self.handler(name, timeout=timeout, retry=retry)
+
+        def wrap(fn: FunctionFn) -> FunctionFn:
+            register(function_handler(fn))
+            return fn
+
+        return wrap
 
     def __contains__(self, name: object) -> bool:
         return name in self.handlers

@@ -12,6 +12,8 @@
     ├── InternalError             a bug in peo itself: an invariant it checks did not hold
     ├── ObjectFailedError         wait(): the object ended without a result (failed, cancelled...)
     ├── ObjectTerminatedError     a signal to an object that has terminated (it can never be read)
+    ├── SignalTimeout             a durable function's run.wait_signal() timed out
+    ├── DivergedError             a durable function's code no longer matches its recorded steps
     └── StoreError                the store failed; ``retryable`` says whether trying again helps
         ├── ConflictError         another writer took this seq first (compare-and-swap lost)
         │   └── ObjectExistsError submit(object_id=...): that id holds an object with another intent
@@ -29,6 +31,7 @@ from typing import Any
 __all__ = [
     "CodecError",
     "ConflictError",
+    "DivergedError",
     "IntegrityError",
     "InternalError",
     "LeaseLostError",
@@ -38,6 +41,7 @@ __all__ = [
     "ObjectTerminatedError",
     "PeoError",
     "PolicyError",
+    "SignalTimeout",
     "StoreError",
     "TimeoutError",
     "UsageError",
@@ -116,6 +120,26 @@ class ObjectFailedError(PeoError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (ObjectFailedError, (self.object_id, self.status, self.reason, self.last_error))
+
+
+class SignalTimeout(PeoError):
+    """``await run.wait_signal(name, timeout=)`` in a durable function: the timeout passed
+    before a signal called ``name`` arrived. Uncaught, it fails the object (not retried)."""
+
+    def __init__(self, name: str, timeout: float | None):
+        super().__init__(f"no signal {name!r} arrived within {timeout:g} s" if timeout is not None
+                         else f"no signal {name!r} arrived")
+        self.name = name
+        self.timeout = timeout
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (SignalTimeout, (self.name, self.timeout))
+
+
+class DivergedError(PeoError):
+    """A durable function, re-run from the top, reached another operation than the one its
+    memory records at that position (its code changed under a running or sleeping object).
+    The object fails without running the new operation."""
 
 
 class StoreError(PeoError):

@@ -7,12 +7,12 @@ import peo
 
 PUBLIC = [
     "Action", "App", "CannotDo", "Client", "CodecError", "ConflictError", "Constraints", "Context", "Continue",
-    "Delegate", "Done", "Entry", "Fail", "IntegrityError", "Intent", "InternalError", "Keyring", "LeaseLostError",
-    "NodeSettings", "NotFoundError", "ObjectExistsError", "ObjectFailedError", "ObjectInfo", "ObjectSummary",
-    "ObjectTerminatedError",
+    "Delegate", "DivergedError", "Done", "Entry", "Fail", "IntegrityError", "Intent", "InternalError", "Keyring",
+    "LeaseLostError", "NodeSettings", "NotFoundError", "ObjectExistsError", "ObjectFailedError", "ObjectInfo",
+    "ObjectSummary", "ObjectTerminatedError",
     "PeoError", "Policy", "PolicyError",
-    "Proposal", "Refine", "Retry", "Signal", "SigningKey", "Sleep", "Status", "Step", "StoreError", "TimeoutError",
-    "UsageError", "WaitSignal",
+    "Proposal", "Refine", "Retry", "Run", "Signal", "SignalTimeout", "SigningKey", "Sleep", "Status", "Step",
+    "StoreError", "TimeoutError", "UsageError", "WaitSignal",
 ]
 
 
