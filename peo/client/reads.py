@@ -17,14 +17,14 @@ import attrs
 
 from ..core.codec import decode_body, structure, unpackb
 from ..core.memory import Fold
-from ..core.model import LIVE_STATUSES, Action, Context, Entry, Intent, ObjectInfo, ObjectSummary, Signal, Status
+from ..core.model import LIVE_STATUSES, Action, Context, Entry, Intent, ObjectInfo, ObjectSummary, Status
 from ..errors import CodecError, IntegrityError, ObjectFailedError, TimeoutError, UsageError
 from ..store import ObjectRow, Store
 
 #: A node counts as serving its handlers for this long after it last told the store (ns).
 SERVED_WINDOW_NS = 24 * 3600 * 10**9
 
-__all__ = ["get", "list_objects", "pending_signals", "summary", "wait"]
+__all__ = ["get", "last_error", "list_objects", "summary", "wait"]
 
 
 def summary(row: ObjectRow, now: int) -> ObjectSummary:
@@ -55,12 +55,6 @@ async def list_objects(store: Store, *, status: str | None = None, limit: int | 
         out = [attrs.evolve(r, unserved=True) if r.handler not in served and not r.status.is_final else r
                for r in out]
     return out
-
-
-async def pending_signals(store: Store, object_id: str) -> list[Signal]:
-    """The signals waiting in the object's inbox, oldest first (NotFoundError if none)."""
-    await store.get(object_id)
-    return await store.inbox(object_id)
 
 
 async def get(store: Store, object_id: str, *, memory: bool = True) -> ObjectInfo:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError
 from ..store import Claim
+from ..store.fleet import serves
 
 if TYPE_CHECKING:
     from .node import Node
@@ -57,7 +58,9 @@ class Claimer:
                 continue
             if until_idle and not node.leases.held:
                 try:
-                    busy = await self._busy(handlers, scopes, now)
+                    # Only what this node can serve keeps it waiting.
+                    busy = await node.store.busy(now=now + node.idle_horizon_ns, handlers=handlers,
+                                                 scopes=scopes)
                 except StoreError:
                     busy = True
                 if not busy:
@@ -69,26 +72,13 @@ class Claimer:
             idle_checks = 0
             await self._nap(now)
 
-    def _servable(self, kind: tuple[str, str], handlers: list[str], scopes: frozenset[str] | None) -> bool:
-        handler, scope = kind
-        return handler in handlers and (scopes is None or scope in scopes)
-
-    async def _busy(self, handlers: list[str], scopes: frozenset[str] | None, now: int) -> bool:
-        """Is anything this node can serve runnable, leased, or due within the idle horizon?
-        Objects no handler here serves do not keep an until-idle node waiting."""
-        store = self.node.store
-        due = await store.due_counts(now=now + self.node.idle_horizon_ns)
-        if any(self._servable(k, handlers, scopes) for k in due):
-            return True
-        return any(self._servable(k, handlers, scopes) for k in await store.leased_kinds(now=now))
-
     async def _left_behind(self, handlers: list[str], scopes: frozenset[str] | None, now: int) -> None:
         """Say what an idle node leaves behind because it cannot serve it, and why."""
         node = self.node
         left: dict[str, int] = {}
         with contextlib.suppress(StoreError):
             for (handler, scope), n in (await node.store.due_counts(now=now)).items():
-                if not self._servable((handler, scope), handlers, scopes):
+                if not serves((handler, scope), handlers, scopes):
                     why = (f"handler {handler!r} is not served by this node" if handler not in handlers
                            else f"trust scope {scope!r} is not accepted by this node's policy")
                     left[why] = left.get(why, 0) + n

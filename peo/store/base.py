@@ -228,8 +228,11 @@ class Store(abc.ABC):
         ``now``, else UsageError (a store never reads the clock)."""
 
     @abc.abstractmethod
-    async def busy(self, *, now: int) -> bool:
-        """Is any object runnable, leased, or due now?"""
+    async def busy(self, *, now: int, handlers: Collection[str] | None = None,
+                   scopes: Collection[str] | None = None) -> bool:
+        """Is any object runnable, leased, or due at ``now``? Only objects whose handler is in
+        ``handlers`` and whose trust scope is in ``scopes`` count (None: any): an idle node
+        waits for what it can serve, never for what it cannot."""
 
     @abc.abstractmethod
     async def next_due(self) -> int | None:

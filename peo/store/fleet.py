@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from .base import Claim
 from .sql import LIVE, Reads, blob
 
-__all__ = ["NODES_MIGRATION", "FleetQueries"]
+__all__ = ["NODES_MIGRATION", "FleetQueries", "serves"]
 
 #: The table both dialects' migrations create (``{s}``: the PostgreSQL schema prefix).
 NODES_MIGRATION = """
@@ -25,6 +25,13 @@ NODES_MIGRATION = """
         seen_at BIGINT NOT NULL
     );
 """
+
+
+def serves(kind: tuple[str, str], handlers: Collection[str] | None, scopes: Collection[str] | None) -> bool:
+    """Does a node serving ``handlers`` in ``scopes`` (None: any) serve objects of this
+    (handler, trust scope)?"""
+    handler, scope = kind
+    return (handlers is None or handler in handlers) and (scopes is None or scope in scopes)
 
 
 class FleetQueries:
@@ -63,6 +70,12 @@ class FleetQueries:
         rows = await self._read(
             f"SELECT DISTINCT handler, scope FROM objects WHERE lease_until > {self.reads.param(1)}", (now,))
         return {(str(h), str(sc)) for h, sc in rows}
+
+    async def busy(self, *, now: int, handlers: Collection[str] | None = None,
+                   scopes: Collection[str] | None = None) -> bool:
+        if any(serves(kind, handlers, scopes) for kind in await self.due_counts(now=now)):
+            return True
+        return any(serves(kind, handlers, scopes) for kind in await self.leased_kinds(now=now))
 
     async def seize(self, object_id: str, owner: str, *, now: int, lease_ns: int, force: bool = False) -> Claim | None:
         p = self.reads.param

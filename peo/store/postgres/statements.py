@@ -11,7 +11,6 @@ from .. import sql
 
 __all__ = [
     "APPEND_HEAD",
-    "BUSY",
     "CLAIM",
     "DELETE_CONSUMED",
     "IMPORT_HEAD",
@@ -88,11 +87,6 @@ CLAIM = f"""
     WHERE o.id = ranked.id
     RETURNING o.id, o.lease_token, o.seq, o.inbox, o.head, ranked.n
 """
-
-BUSY = (
-    f"SELECT 1 FROM objects WHERE (due_at IS NOT NULL AND due_at <= $1 AND status IN ({sql.LIVE}))"
-    " OR lease_until > $1 LIMIT 1"
-)
 
 
 def _numbered(n: int) -> str:

@@ -25,7 +25,6 @@ from .connection import Conn
 from .notify import Notifications
 from .statements import (
     APPEND_HEAD,
-    BUSY,
     CLAIM,
     DELETE_CONSUMED,
     IMPORT_HEAD,
@@ -183,9 +182,6 @@ class PostgresStore(Notifications, FleetQueries, sql.SQLStore):
             return int(sid)
 
         return await self._write(body)
-
-    async def busy(self, *, now: int) -> bool:
-        return bool(await self._read(BUSY, (now,)))
 
     async def import_object(self, obj: NewObject, rest: Sequence[Entry], head: Head, *, now: int) -> None:
         async def body(conn: Conn) -> None:

@@ -11,7 +11,6 @@ from .. import sql
 __all__ = [
     "APPEND_HEAD",
     "DELETE_CONSUMED",
-    "DUE",
     "IMPORT_HEAD",
     "INSERT_ENTRY",
     "INSERT_OBJECT",
@@ -43,7 +42,6 @@ DELETE_CONSUMED = "DELETE FROM inbox WHERE id = ? AND object_id = ?"
 
 # INDEXED BY: without statistics SQLite may walk the table instead. objects_due holds only
 # objects with a due time, so these never read a dormant-forever or finished object.
-DUE = f"SELECT 1 FROM objects INDEXED BY objects_due WHERE due_at <= ? AND status IN ({sql.LIVE}) LIMIT 1"
 
 
 def _entries_of(ids: list[str]) -> tuple[str, list[str]]:

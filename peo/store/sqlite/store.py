@@ -22,7 +22,6 @@ from .connection import Connections
 from .statements import (
     APPEND_HEAD,
     DELETE_CONSUMED,
-    DUE,
     IMPORT_HEAD,
     INSERT_ENTRY,
     INSERT_OBJECT,
@@ -173,17 +172,6 @@ class SQLiteStore(Connections, FleetQueries, sql.SQLStore):
             return int(sid)
 
         return await self._write(body)
-
-    async def busy(self, *, now: int) -> bool:
-        def body(conn: sqlite3.Connection) -> bool:
-            if conn.execute(DUE, (now,)).fetchone() is not None:
-                return True
-            leased = conn.execute(
-                "SELECT 1 FROM objects INDEXED BY objects_lease WHERE lease_until > ? LIMIT 1", (now,)
-            ).fetchone()
-            return leased is not None
-
-        return await self._call(body, reader=True)
 
     async def import_object(self, obj: NewObject, rest: Sequence[Entry], head: Head, *, now: int) -> None:
         def body(conn: sqlite3.Connection) -> None:

@@ -21,9 +21,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from clirun import ok, run
 
 import peo
-from peo import cli, keys
+from peo import keys
 from peo.config import default_policy
 from peo.core.policy import Policy
 from peo.errors import IntegrityError, UsageError
@@ -35,19 +36,6 @@ app = peo.App()
 @app.handler("echo")
 def echo(step: peo.Step) -> peo.Done:
     return peo.Done(step.goal)
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
-
-
-def ok(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    code, out, err = run(capsys, *argv)
-    assert code == 0, err
-    return out
 
 
 async def run_node(url: str) -> None:
