@@ -210,9 +210,15 @@ class Entry:
 
 @attrs.frozen
 class Signal:
+    """A named message to an object. ``sender`` is the key id that signed it (None for a
+    signal recorded before signals were signed); ``seal`` is the signed envelope as the
+    inbox holds it (see :mod:`peo.core.signals`): the node checks it before delivery."""
+
     name: str
     payload: Any = None
     id: int = 0
+    sender: str | None = attrs.field(default=None, kw_only=True)
+    seal: bytes | None = attrs.field(default=None, kw_only=True, repr=False, eq=False)
 
 
 # -- proposals: what a handler may return; the cycle and the policy decide -------------

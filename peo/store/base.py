@@ -171,6 +171,13 @@ class Store(abc.ABC):
         batch of claims read in one round trip (backends override this default)."""
         return {oid: await self.entries(oid) for oid in object_ids}
 
+    async def head_entries(self, object_id: str, seq: int) -> dict[int, tuple[bytes, bytes]]:
+        """Entry 0 and entry ``seq`` of an object as {seq: (body, signature)}: what a reader
+        needs to check the signed head without reading the whole memory (backends override
+        this default, which reads everything)."""
+        rows = await self.entries(object_id)
+        return {s: rows[s] for s in (0, seq) if 0 <= s < len(rows)}
+
     @abc.abstractmethod
     async def entry_hash(self, object_id: str, seq: int) -> bytes | None:
         """The stored hash of entry ``seq`` (to recognise our own write after an unknown

@@ -418,6 +418,8 @@ class Reads:
         self.get = f"SELECT {COLUMNS} FROM objects WHERE id = {param(1)}"
         self.entries = f"SELECT body, sig FROM entries WHERE object_id = {param(1)} AND seq > {param(2)} ORDER BY seq"
         self.entry_hash = f"SELECT hash FROM entries WHERE object_id = {param(1)} AND seq = {param(2)}"
+        self.head_entries = (f"SELECT seq, body, sig FROM entries WHERE object_id = {param(1)}"
+                             f" AND (seq = 0 OR seq = {param(2)})")
         self.inbox = f"SELECT id, name, payload FROM inbox WHERE object_id = {param(1)} ORDER BY id"
         self.next_due = next_due  # the earliest due time of a live object (each dialect's own plan)
 
@@ -447,6 +449,10 @@ class SQLStore(Store):
         if not ids:
             return {}
         return memories(ids, await self._read(*self.reads.entries_of(ids)))
+
+    async def head_entries(self, object_id: str, seq: int) -> dict[int, tuple[bytes, bytes]]:
+        rows = await self._read(self.reads.head_entries, (object_id, seq))
+        return {s: (blob(body) or b"", blob(sig) or b"") for s, body, sig in rows}
 
     async def entry_hash(self, object_id: str, seq: int) -> bytes | None:
         rows = await self._read(self.reads.entry_hash, (object_id, seq))
