@@ -44,6 +44,7 @@ from .core.policy import Policy as Policy
 from .errors import CodecError as CodecError
 from .errors import ConflictError as ConflictError
 from .errors import DivergedError as DivergedError
+from .errors import InboxFullError as InboxFullError
 from .errors import IntegrityError as IntegrityError
 from .errors import InternalError as InternalError
 from .errors import LeaseLostError as LeaseLostError
@@ -99,6 +100,7 @@ __all__ = [
     "Done",
     "Entry",
     "Fail",
+    "InboxFullError",
     "IntegrityError",
     "Intent",
     "InternalError",

@@ -17,7 +17,8 @@
     └── StoreError                the store failed; ``retryable`` says whether trying again helps
         ├── ConflictError         another writer took this seq first (compare-and-swap lost)
         │   └── ObjectExistsError submit(object_id=...): that id holds an object with another intent
-        └── LeaseLostError        our lease expired or was taken over by another node
+        ├── LeaseLostError        our lease expired or was taken over by another node
+        └── InboxFullError        a signal to an object whose inbox holds as many as its policy allows
 
 No driver exception (sqlite3, asyncpg, OSError) escapes ``peo.store``: the stores translate
 them at the boundary, so callers only ever see this tree.
@@ -32,6 +33,7 @@ __all__ = [
     "CodecError",
     "ConflictError",
     "DivergedError",
+    "InboxFullError",
     "IntegrityError",
     "InternalError",
     "LeaseLostError",
@@ -176,6 +178,26 @@ class ObjectExistsError(ConflictError):
 
 class LeaseLostError(ConflictError):
     """Our lease on the object expired or was taken; we must not write to it."""
+
+
+class InboxFullError(StoreError):
+    """A signal to an object that already has ``waiting`` signals in its inbox, the most its
+    policy allows (``limit``): nothing was written. Not retryable as such: sending again
+    helps only once the object has read some (an operation failure, CLI exit 1)."""
+
+    retryable = False
+
+    def __init__(self, object_id: str, waiting: int, limit: int):
+        super().__init__(
+            f"object {object_id} has {waiting} signals waiting, the most its policy allows; "
+            "the signal was not delivered (send it again once the object has read some)"
+        )
+        self.object_id = object_id
+        self.waiting = waiting
+        self.limit = limit
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (InboxFullError, (self.object_id, self.waiting, self.limit))
 
 
 class ObjectTerminatedError(PeoError):

@@ -7,7 +7,8 @@ import peo
 
 PUBLIC = [
     "Action", "App", "CannotDo", "Client", "CodecError", "ConflictError", "Constraints", "Context", "Continue",
-    "Delegate", "DivergedError", "Done", "Entry", "Fail", "IntegrityError", "Intent", "InternalError", "Keyring",
+    "Delegate", "DivergedError", "Done", "Entry", "Fail", "InboxFullError", "IntegrityError", "Intent",
+    "InternalError", "Keyring",
     "LeaseLostError", "NodeSettings", "NotFoundError", "ObjectExistsError", "ObjectFailedError", "ObjectInfo",
     "ObjectSummary", "ObjectTerminatedError",
     "PeoError", "Policy", "PolicyError",

@@ -52,9 +52,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
         return 0
     print(f"key directory {clean(where.path)} ({clean(where.why)})")
     for problem in problems:
-        print(f"peo keys: skipped: {clean(problem)}", file=sys.stderr)
+        # A node, a client or peo verify reading this directory stops on the same refusal (all
+        # but a .pub that does not match its secret: that one only leaves a key untrusted).
+        print(f"peo keys: refused: {clean(problem)}", file=sys.stderr)
     if not rows:
-        print("no keys (peo init or the first peo submit creates them)")
+        print("no keys" if problems else "no keys (peo init or the first peo submit creates them)")
         return 0
     table(["KEY ID", "FILE", "TRUSTED FOR", "SECRET"],
           [[r["key_id"], r["file"] if r["file"] is not None else f"(listed in policy {policy.ref})",
@@ -69,7 +71,9 @@ def _keys_parser(sub: Subparsers) -> None:
     sp = add_verb(sub, "keys", "list the deployment's keys and the scopes that trust them",
                   "List the signing keys in the deployment's key directory ($PEO_KEYS, else $PEO_HOME/keys, else "
                   ".peo/keys beside an SQLite store's file, else ./.peo/keys) and the keys the policy lists: key "
-                  "id, file, the trust scopes the policy trusts each for, and whether its secret is present.",
+                  "id, file, the trust scopes the policy trusts each for, and whether its secret is present. "
+                  "Files peo refuses to use (malformed, a symlink, writable by others, a secret readable by "
+                  "others...) are reported on stderr with how to fix them.",
                   ["peo keys", "peo keys --json", "peo keys --policy policies/strict.toml"], cmd_keys)
     sp.add_argument("--policy", metavar="FILE", help="policy whose trust to show (default: the built-in policy)")
     sp.add_argument("--json", action="store_true", help="print JSON: the directory and one object per key")

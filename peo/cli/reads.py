@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..core.model import Status
+from ..errors import IntegrityError
 from .parser import EXAMPLE_ID, add_verb, fail, labels, open_client, positive_int, text_arg
 from .render import clean, compact, dumps, iso, jsonable, short_outcome, table, when
 
@@ -69,7 +70,15 @@ def _reason(r: ObjectSummary) -> str:
 
 async def cmd_show(args: argparse.Namespace) -> int:
     async with open_client(args, create=False) as client:
-        info = await client.get(args.id)
+        try:
+            info = await client.get(args.id)
+        except IntegrityError as exc:
+            # The row disagrees with the signed memory: nothing of it is shown (the client
+            # has flagged the object). A verification failure, hence exit 1.
+            where = f" at seq {exc.seq}" if exc.seq is not None else ""
+            print(f"peo: error: object {clean(args.id)} fails verification{where}: {clean(exc.reason)}",
+                  file=sys.stderr)
+            return 1
     if args.json:
         print(dumps(_show_doc(info)))
     else:
@@ -192,7 +201,9 @@ def _ls_parser(sub: Subparsers) -> None:
 def _show_parser(sub: Subparsers) -> None:
     sp = add_verb(sub, "show", "show one object and its memory",
                   "Show an object's head (status, intent, context, state, result), its last error with its "
-                  "traceback (if an entry recorded one) and one line per memory entry. "
+                  "traceback (if an entry recorded one) and one line per memory entry. Status, result and reason "
+                  "are checked against the signed head entry (with the keys this set-up trusts): a stored head "
+                  "that disagrees is refused (exit 1) and the object quarantined (`peo resume ID` repairs it). "
                   "Memory is shown as stored; `peo verify ID` checks its signatures and hash links.",
                   [f"peo show {EXAMPLE_ID}", f"peo show {EXAMPLE_ID} --json | jq .memory[-1]"], cmd_show)
     sp.add_argument("id", metavar="ID", type=text_arg("object id"))
@@ -200,6 +211,7 @@ def _show_parser(sub: Subparsers) -> None:
                     help="{id,status,intent,context,result,reason,state,last_error,memory:[{seq,action,timestamp,"
                     "...}]}; last_error is {seq,class,message,retryable,traceback} or null; "
                     "bytes appear as hex strings")
+    sp.add_argument("--policy", metavar="FILE", help="policy whose trusted keys to use")
 
 
 _PARSERS = {"ls": _ls_parser, "show": _show_parser}

@@ -14,8 +14,10 @@ from ..core.crypto import Keyring, SigningKey
 from ..core.head import head_of
 from ..core.memory import Fold, verify_chain
 from ..core.model import Entry, Status
-from ..errors import CodecError, IntegrityError
+from ..core.signals import verify_recorded
+from ..errors import CodecError, IntegrityError, NotFoundError
 from ..store import NewObject, Store
+from .verified import row_differences
 
 __all__ = ["EXPORT_FORMAT", "EXPORT_VERSION", "export", "import_", "verify"]
 
@@ -29,8 +31,11 @@ _EXPORT_LIMITS = Limits(max_bytes=256 << 20, depth=4, items=3_000_000)
 
 
 async def verify(store: Store, keyring: Keyring, object_id: str) -> int:
-    """Verify the object's whole chain and its stored head; returns the entry count.
-    Raises IntegrityError naming the first bad seq."""
+    """Verify the object's whole chain and hold its stored row to it; returns the entry
+    count. Raises IntegrityError naming the first bad seq, or what the row says that the
+    chain does not (seq and head hash; handler, scope, identity, priority and parent from
+    entry 0; status, result and reason from the chain's end; a quarantined row's status
+    and reason are its own)."""
     rows = await store.entries(object_id)
     row = await store.get(object_id)
     tip, entries = verify_chain(object_id, rows, keyring)
@@ -40,12 +45,22 @@ async def verify(store: Store, keyring: Keyring, object_id: str) -> int:
         raise IntegrityError(
             f"the stored head (seq {row.seq}) does not match the memory (seq {tip.seq})", object_id=object_id
         )
-    # The head caches what the memory says; a cache that disagrees was edited.
-    head = head_of(Fold.of(entries), now=time.time_ns())
+    # Who sent each signal the memory records is re-checked too (an approval is only as
+    # good as its seal).
+    for seq, bad in verify_recorded(object_id, entries, keyring)[:1]:
+        raise IntegrityError(bad, object_id=object_id, seq=seq)
+    # The row caches what the memory says; a cache that disagrees was edited.
+    fold = Fold.of(entries)
+    problem = row_differences(row, fold.intent, fold.context)
+    if problem is not None:
+        raise IntegrityError(problem, object_id=object_id)  # the chain is sound: the row is not
+    head = head_of(fold, now=time.time_ns())
+    # Quarantine is a flag on the row (not an entry): a quarantined row keeps its own
+    # status and reason, but still no result the memory did not sign.
     if row.status is not Status.QUARANTINED and row.status is not head.status:
-        raise IntegrityError(f"the head says {row.status} but the memory says {head.status}",
-                             object_id=object_id, seq=tip.seq)
-    if row.result != head.result_bytes() or (head.status is Status.TERMINATED and row.reason != head.reason):
+        raise IntegrityError(f"the row says status {row.status} but the chain ended at seq {tip.seq} "
+                             f"({entries[-1].action}: {head.status})", object_id=object_id)
+    if row.result != head.result_bytes() or (row.status is Status.TERMINATED and row.reason != head.reason):
         raise IntegrityError("the head's cached result or reason differs from the memory",
                              object_id=object_id, seq=tip.seq)
     return len(entries)
@@ -108,6 +123,36 @@ def _check_trailer(doc: Mapping[str, Any], rows: Sequence[tuple[bytes, bytes]], 
         raise IntegrityError(f"the export's trailer: {exc.reason}", object_id=oid) from None
 
 
+async def _check_lineage(store: Store, keyring: Keyring, oid: str, parent: str | None, scope: str) -> None:
+    """An imported object that names a parent present in this store must be one of that
+    parent's children as the parent's own verified memory names them (its delegate
+    entries), in the parent's trust scope: else a key trusted for one scope could graft an
+    object, and the result it signed, onto an object of another. A parent that is not in
+    the store is fine (the object is an orphan here; a parent imported later names its
+    children itself)."""
+    if parent is None:
+        return
+    try:
+        await store.get(parent)
+    except NotFoundError:
+        return
+    try:
+        _, entries = verify_chain(parent, await store.entries(parent), keyring)
+        if not entries:
+            raise IntegrityError("it has no entries", object_id=parent)
+        fold = Fold.of(entries)
+    except (IntegrityError, CodecError, KeyError, TypeError, ValueError) as exc:
+        raise IntegrityError(f"its parent {parent} does not verify here ({exc}): refusing to attach a child to it",
+                             object_id=oid, seq=0) from None
+    children, parent_scope = fold.children, fold.context.trust_scope
+    if oid not in children:
+        raise IntegrityError(f"entry 0 names parent {parent}, whose verified memory does not delegate to this "
+                             "object: refusing to graft it onto another object's lineage", object_id=oid, seq=0)
+    if parent_scope != scope:
+        raise IntegrityError(f"entry 0 names parent {parent} in trust scope {parent_scope!r}, but this object is "
+                             f"in scope {scope!r}", object_id=oid, seq=0)
+
+
 async def import_(store: Store, keyring: Keyring, data: bytes) -> str:
     """Verify an exported object against ``keyring``, then store it with the head its
     memory implies. A tampered, cut short or untrusted file is refused with
@@ -123,6 +168,8 @@ async def import_(store: Store, keyring: Keyring, data: bytes) -> str:
             raise CodecError("export file entries must be [body, signature] pairs")
         rows.append((pair[0], pair[1]))
     _, entries = verify_chain(oid, rows, keyring)
+    for seq, bad in verify_recorded(oid, entries, keyring)[:1]:
+        raise IntegrityError(bad, object_id=oid, seq=seq)
     fold = Fold.of(entries)
     ctx = fold.context
     if doc["v"] == 1:
@@ -130,8 +177,9 @@ async def import_(store: Store, keyring: Keyring, data: bytes) -> str:
                     "cannot be detected; export it again with this peo if you can", oid)
     else:
         _check_trailer(doc, rows, entries, ctx.trust_scope, keyring)
+    await _check_lineage(store, keyring, oid, ctx.parent, ctx.trust_scope)
     now = time.time_ns()
     obj = NewObject(oid, fold.intent.handler, ctx.trust_scope, ctx.identity, ctx.priority, ctx.parent, entries[0], now,
-                    labels=ctx.labels)
+                    labels=ctx.labels, root=ctx.root)
     await store.import_object(obj, entries[1:], head_of(fold, now=now), now=now)
     return oid

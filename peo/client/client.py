@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 
 from ..config import resolve_policy, store_url
+from ..core import signals
 from ..core.codec import Limits, check_name, check_value, decode_body, packb, structure
 from ..core.crypto import Keyring, SigningKey
 from ..core.memory import genesis, instantiation_outcome, make_entry
@@ -31,12 +32,14 @@ from ..core.model import (
     Retry,
 )
 from ..core.policy import Policy
+from ..core.signals import signal_limits
 from ..errors import CodecError, ConflictError, ObjectExistsError, PolicyError, UsageError
 from ..ids import new_id
 from ..keys import guard_new_key, keyring_for, load_key
 from ..store import NewObject, Store, open_store
 from . import archive, operator, reads
 from .operator import CancelOutcome
+from .verified import row_differences
 
 __all__ = ["Client", "check_object_id", "intent_differences"]
 
@@ -193,6 +196,12 @@ class Client:
                 raise UsageError(f"max_failures={max_failures} and Retry(max_attempts={retry.max_attempts}) "
                                  "disagree: give one of them")
             constraints = retry.constraints(constraints)
+        # Limits are ceilings: a node would cap a larger one anyway, so say so now rather
+        # than let the submitter believe it was granted.
+        problem = self.policy.constraint_problem(constraints)
+        if problem:
+            raise UsageError(f"{problem}: ask for at most that, or run nodes (and this client: --policy) "
+                             f"with a policy that allows more (policy {self.policy.name})")
         intent = Intent(handler, goal, constraints)
         context = Context(identity=self.identity, trust_scope=scope, priority=priority, labels=lab)
         oid = new_id() if object_id is None else object_id
@@ -278,19 +287,40 @@ class Client:
     # -- signalling -----------------------------------------------------------------------
 
     async def signal(self, object_id: str, name: str, payload: Any = None) -> None:
-        """Deliver a named signal (with a JSON-like payload) to an object's inbox.
+        """Deliver a named signal (with a JSON-like payload) to an object's inbox, signed
+        with this client's key (:mod:`peo.core.signals`): the node delivers it only if it
+        trusts the key for the object's scope (or the policy's ``[signals]`` rules allow
+        it), and the entry that consumes it records who sent it.
 
-        Raises NotFoundError for an unknown id and ObjectTerminatedError if the object has
-        terminated (no cycle would ever read the signal; nothing is written). A signal to a
-        quarantined object is kept in its inbox: it is read if the object is resumed."""
+        Raises NotFoundError for an unknown id, ObjectTerminatedError if the object has
+        terminated (no cycle would ever read the signal; nothing is written), UsageError for
+        a payload larger or deeper than an entry can record, and InboxFullError when the
+        object already holds the most signals the policy allows. A signal to a quarantined
+        object is kept in its inbox: it is read if the object is resumed."""
         try:
             check_name(name, "signal name")
-            check_value(payload, Limits(max_bytes=self.policy.max_payload_bytes), what="payload")
         except CodecError as exc:
             raise UsageError(str(exc)) from None
         if name == CANCEL_SIGNAL:
             raise UsageError(f"signal name {CANCEL_SIGNAL!r} is reserved: use Client.cancel() (peo cancel ID)")
-        await self.store.signal(object_id, name, payload, now=time.time_ns())
+        await self._guard_key()
+        await self.send(object_id, name, payload)
+
+    async def send(self, object_id: str, name: str, payload: Any = None) -> int:
+        """Seal and put one signal (any name, ``peo.cancel`` included) in the inbox; the
+        checks a node makes that can be made here are made here, so a signal the node
+        would refuse is refused to its sender instead. Returns the inbox id."""
+        check_object_id(object_id)
+        try:
+            check_value(payload, signal_limits(self.policy), what="payload")
+        except CodecError as exc:
+            raise UsageError(f"signal {name!r}: {exc} (a signal is recorded whole in the entry that "
+                             "receives it)") from None
+        now = time.time_ns()
+        sealed = signals.seal(self.key, object_id, name, payload, nonce=os.urandom(16).hex(), sent_at=now)
+        # A cancel gets through a full inbox: it is how an operator stops a flooded object.
+        ceiling = None if name == CANCEL_SIGNAL else self.policy.max_inbox
+        return await self.store.signal(object_id, name, payload, now=now, seal=sealed.encode(), max_inbox=ceiling)
 
     async def cancel(self, object_id: str, *, force: bool = False) -> CancelOutcome:
         """Cancel the object. If a node holds it, that node records the cancel on its next
@@ -310,8 +340,12 @@ class Client:
         return await self.store.served_handlers(since=time.time_ns() - int(within * 1e9))
 
     async def get(self, object_id: str, *, memory: bool = True) -> ObjectInfo:
-        """The object's head and (decoded, not verified: see verify()) memory."""
-        return await reads.get(self.store, object_id, memory=memory)
+        """The object's head and (decoded, not verified: see verify()) memory. Its status,
+        result and reason are held to its signed head entry with this client's keyring: a
+        row that disagrees raises IntegrityError and the object is quarantined (``peo
+        resume`` repairs the row from the memory), unless a signer is a key this keyring
+        lacks altogether (then only the IntegrityError: the keyring may be what is wrong)."""
+        return await reads.get(self.store, object_id, self.keyring, memory=memory)
 
     async def list(self, *, status: str | None = None, limit: int | None = None, parent: str | None = None,
                    handler: str | None = None, after: str | None = None,
@@ -328,10 +362,13 @@ class Client:
         wakes the wait (LISTEN/NOTIFY; ``poll`` is a fallback, default 2 s); on SQLite it
         polls every ``poll`` seconds (default 0.05).
 
+        The result is the one the object's signed terminate entry records, checked with this
+        client's keyring; a store row that disagrees with it raises
+        :class:`~peo.errors.IntegrityError` (and the object is quarantined, as by :meth:`get`).
         Raises :class:`~peo.errors.ObjectFailedError` if it ended without ``Done`` (failed,
         cancelled, cut off, quarantined) and :class:`~peo.errors.TimeoutError` on timeout.
         """
-        return await reads.wait(self.store, object_id, timeout, poll=poll)
+        return await reads.wait(self.store, object_id, self.keyring, timeout, poll=poll)
 
     # -- verifying, export and import (see .archive) ---------------------------------------
 
@@ -376,6 +413,12 @@ class Client:
             fold = Fold.of(entries)
         except CodecError as exc:
             raise IntegrityError(f"entry 0 does not structure: {exc}", object_id=object_id, seq=0) from None
+        # Requalifying rewrites the head (status, result, reason), not what entry 0 fixes:
+        # a row that disagrees with entry 0 there would only be flagged again on the next read.
+        problem = row_differences(row, fold.intent, fold.context)
+        if problem is not None:
+            raise IntegrityError(f"{problem}: resume rebuilds only the head, so this row stays quarantined",
+                                 object_id=object_id)
         now = time.time_ns()
         head = head_of(fold, now=now)
         if not await self.store.requalify(object_id, head, now=now):

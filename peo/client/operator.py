@@ -41,7 +41,8 @@ async def cancel(client: Client, object_id: str, *, force: bool = False) -> Canc
     row = await store.get(object_id)
     if row.status.is_final:
         raise ObjectTerminatedError(object_id, row.reason)
-    await store.signal(object_id, CANCEL_SIGNAL, None, now=now)  # whoever writes the entry consumes it
+    # Signed like any signal: whoever writes the entry consumes it and records who asked.
+    sent = await client.send(object_id, CANCEL_SIGNAL, None)
     owner = f"operator:{client.identity}"
     claim = await store.seize(object_id, owner, now=now, lease_ns=OPERATOR_LEASE_NS, force=force)
     if claim is None:
@@ -52,7 +53,9 @@ async def cancel(client: Client, object_id: str, *, force: bool = False) -> Canc
         if not memory or memory[-1].seq != claim.seq or memory[-1].hash != claim.head:
             raise IntegrityError("the stored head does not match the memory", object_id=object_id, seq=claim.seq)
         fold = Fold.of(memory)
-        decided = plan(fold, client.policy, now=now, signals=await store.inbox(object_id))
+        # Only this operator's own request is recorded (never whatever else the inbox holds).
+        mine = [s for s in await store.inbox(object_id, names=(CANCEL_SIGNAL,)) if s.id == sent]
+        decided = plan(fold, client.policy, now=now, signals=mine)
         if not isinstance(decided, Decision) or decided.action is not Action.TERMINATE:  # pragma: no cover
             raise IntegrityError("the cancel request was not found in the inbox", object_id=object_id)
         entry = make_entry(client.key, seq=fold.seq + 1, prev=fold.hash, timestamp=now, origin_node=owner,

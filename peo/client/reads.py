@@ -2,7 +2,9 @@
 
 Shared by the Client, the CLI and (later) the dashboard, so that every reader shows the
 same thing: public values (:class:`~peo.ObjectInfo`, :class:`~peo.ObjectSummary`), never
-the store's rows.
+the store's rows. One object's status, result and failure reason come from its signed
+head entry (:mod:`.verified`), never from the row alone; a listing shows the rows as stored
+(holding each to its chain would cost a read and two signature checks per object).
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from typing import Any
 
 import attrs
 
-from ..core.codec import decode_body, structure, unpackb
-from ..core.memory import Fold
+from ..core.codec import decode_body, structure
+from ..core.crypto import Keyring
+from ..core.memory import Fold, verify_chain
 from ..core.model import LIVE_STATUSES, Action, Context, Entry, Intent, ObjectInfo, ObjectSummary, Status
 from ..errors import CodecError, IntegrityError, ObjectFailedError, TimeoutError, UsageError
 from ..store import ObjectRow, Store
+from .verified import VerifiedHead, check_row, verified_head
 
 #: A node counts as serving its handlers for this long after it last told the store (ns).
 SERVED_WINDOW_NS = 24 * 3600 * 10**9
@@ -57,29 +61,41 @@ async def list_objects(store: Store, *, status: str | None = None, limit: int | 
     return out
 
 
-async def get(store: Store, object_id: str, *, memory: bool = True) -> ObjectInfo:
-    """The object's head and (decoded, not verified: see verify()) memory."""
-    row = await store.get(object_id)
+async def get(store: Store, object_id: str, keyring: Keyring, *, memory: bool = True) -> ObjectInfo:
+    """The object's head, its status, result and reason held to its signed head entry
+    (:mod:`.verified`), and its (decoded, not verified: see verify()) memory."""
+    head = await verified_head(store, object_id, keyring)
     entries: list[Entry] = []
     if memory:
         entries = _decode_all(await store.entries(object_id))
-    return _info(row, entries)
+    return _info(head, entries)
 
 
-async def wait(store: Store, object_id: str, timeout: float | None = None, *, poll: float | None = None) -> Any:
-    """Wait until the object terminates; return its result (see ``Client.wait``). On a store
-    that notifies (PostgreSQL) the end wakes the wait; the poll is only a fallback."""
+async def wait(store: Store, object_id: str, keyring: Keyring, timeout: float | None = None, *,
+               poll: float | None = None) -> Any:
+    """Wait until the object terminates; return its result (see ``Client.wait``), taken
+    from its signed terminate entry. On a store that notifies (PostgreSQL) the end wakes
+    the wait; the poll is only a fallback."""
     if poll is None:
         poll = 2.0 if store.notifies else 0.05
     deadline = None if timeout is None else time.monotonic() + timeout
+    checked: tuple[Any, ...] | None = None
     while True:
         row = await store.get(object_id)
-        if row.status is Status.TERMINATED:
-            if row.reason == "done":
-                return unpackb(row.result) if row.result is not None else None
-            raise ObjectFailedError(object_id, "terminated", row.reason, await last_error(store, object_id))
-        if row.status is Status.QUARANTINED:
-            raise ObjectFailedError(object_id, "quarantined", row.reason)
+        # The row is held to its signed head whenever what it claims changes (not at every
+        # poll of an object that is still running): a forged status is caught at once, a
+        # forged end before anything is returned.
+        claims = _claims(row)
+        if claims != checked or row.status.is_final:
+            head = await check_row(store, row, keyring)
+            checked = claims
+            if head.status is Status.TERMINATED:
+                if head.reason == "done":
+                    return head.result
+                raise ObjectFailedError(object_id, "terminated", head.reason,
+                                        await last_error(store, object_id, keyring, head))
+            if head.status is Status.QUARANTINED:
+                raise ObjectFailedError(object_id, "quarantined", head.reason)
         if deadline is not None and time.monotonic() >= deadline:
             raise TimeoutError(f"object {object_id} is still {row.status} after {timeout} s")
         pause = poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic()))
@@ -89,9 +105,24 @@ async def wait(store: Store, object_id: str, timeout: float | None = None, *, po
             await asyncio.sleep(pause)
 
 
-async def last_error(store: Store, object_id: str) -> dict[str, Any] | None:
-    """The error the object's memory recorded last (a failed step), or None."""
-    for entry in reversed(_decode_all(await store.entries(object_id))):
+def _claims(row: ObjectRow) -> tuple[Any, ...]:
+    """What a row claims that its signed head must back (not the lease, due time or inbox)."""
+    return (row.seq, row.head, row.status, row.result, row.reason, row.handler, row.scope, row.identity,
+            row.priority, row.parent)
+
+
+async def last_error(store: Store, object_id: str, keyring: Keyring,
+                     head: VerifiedHead | None = None) -> dict[str, Any] | None:
+    """The error the object's memory recorded last (a failed step), or None. A failure
+    that ended the object records its error in the terminate entry itself: with ``head``
+    (its checked head) that entry is read and nothing else. Otherwise the whole memory is
+    verified first (IntegrityError if it does not): an unsigned error is never reported."""
+    if head is not None and head.signed is not None:
+        error = head.signed.last.outcome.get("error")
+        if isinstance(error, dict):
+            return error
+    _, entries = verify_chain(object_id, await store.entries(object_id), keyring)
+    for entry in reversed(entries):
         error = entry.outcome.get("error")
         if isinstance(error, dict):
             return error
@@ -108,8 +139,9 @@ def _decode_all(rows: Sequence[tuple[bytes, bytes]]) -> list[Entry]:
     return out
 
 
-def _info(row: ObjectRow, entries: list[Entry]) -> ObjectInfo:
-    intent, context, state = Intent(row.handler), Context(identity=row.identity, trust_scope=row.scope), {}
+def _info(head: VerifiedHead, entries: list[Entry]) -> ObjectInfo:
+    row = head.row
+    intent, context, state = Intent(row.handler), head.context, {}
     if entries and entries[0].action is Action.INSTANTIATE:
         try:
             fold = Fold.of(entries)
@@ -120,13 +152,8 @@ def _info(row: ObjectRow, entries: list[Entry]) -> ObjectInfo:
                 context = structure(entries[0].outcome.get("context"), Context)
             except CodecError:
                 pass
-    result = None
-    if row.result is not None:
-        try:
-            result = unpackb(row.result)
-        except CodecError:
-            result = None
+    # Status, result and reason are the signed head's (a quarantined row's are its own).
     return ObjectInfo(
         id=row.id, status=row.status_at(time.time_ns()), intent=intent, context=context, seq=row.seq,
-        result=result, reason=row.reason, memory=tuple(entries), state=state,
+        result=head.result, reason=head.reason, memory=tuple(entries), state=state,
     )

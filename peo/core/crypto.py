@@ -123,6 +123,32 @@ class Keyring:
         except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
             raise IntegrityError("bad signature", seq=seq) from None
 
+    def check(self, key_id: str, message: bytes, signature: bytes) -> frozenset[str]:
+        """Check ``signature`` over ``message`` by the trusted key ``key_id`` and return the
+        scopes that key is trusted for ("*": all): for a caller that decides by scope
+        itself (a signal's sender, checked against the policy's rules)."""
+        trusted = self._trusted(key_id)
+        try:
+            trusted.verify_key.verify(message, signature)
+        except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
+            raise IntegrityError("bad signature") from None
+        return trusted.scopes
+
+    def public_hex(self, key_id: str) -> str | None:
+        """The hex public key of a trusted key id, or None."""
+        trusted = self._keys.get(key_id)
+        return bytes(trusted.verify_key).hex() if trusted is not None else None
+
+    def _trusted(self, key_id: str) -> _Trusted:
+        trusted = self._keys.get(key_id)
+        if trusted is None and self._sources:
+            for refresh in self._sources:
+                refresh(self)
+            trusted = self._keys.get(key_id)
+        if trusted is None:
+            raise IntegrityError(f"signed by untrusted key {key_id}")
+        return trusted
+
     def add_source(self, refresh: Callable[[Keyring], None]) -> None:
         """Call ``refresh(self)`` now and whenever an unknown key id shows up; it may trust
         more keys (the shell reads a key directory this way)."""

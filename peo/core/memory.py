@@ -8,14 +8,14 @@ the initial intent and the initial context, so a chain cannot be moved to anothe
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
 import attrs
 
 from ..errors import CodecError, IntegrityError
-from .codec import DEFAULT_LIMITS, Limits, decode_body, encode_body, read_back, structure, unstructure
+from .codec import DEFAULT_LIMITS, Limits, decode_body, encode_body, packb, read_back, structure, unstructure
 from .crypto import Keyring, SigningKey
 from .model import Action, Constraints, Context, Entry, Intent, Signal, Status
 from .wake import Wake
@@ -146,14 +146,32 @@ def _scope_of(entry: Entry, object_id: str) -> str:
     return context.trust_scope
 
 
+def _state_size(key: str, value: Any) -> int:
+    """What one key of an object's state counts toward its size."""
+    return len(key) + len(packb(value))
+
+
 class Fold:
     """The running summary of a verified chain: what the cycle and the handler read.
 
     It is updated in place, one entry at a time (:meth:`apply`), so the cost of a step is
     proportional to its own state update, never to the length of the history.
+
+    :attr:`state_bytes` is the size of the folded state (about its packed size: each
+    value's packed size plus its key's length), kept per key and measured only for the keys
+    a state update touched, so its cost never grows with the history or the whole state.
+    It is measured lazily: :meth:`apply` only notes the keys an update touched and adds the
+    entry's size to :attr:`state_bound`, an upper bound of the state's size (an update is
+    part of its entry), so that a step far below the policy's ceiling measures nothing.
+    ``signal_nonces`` are the nonces of every signal the memory records, so that a
+    replayed signal can be refused.
     """
 
     __slots__ = (
+        "_state_bound",
+        "_state_sizes",
+        "_state_total",
+        "_unmeasured",
         "attempt_seq",
         "cannot_do",
         "children",
@@ -169,6 +187,7 @@ class Fold:
         "reason",
         "result",
         "seq",
+        "signal_nonces",
         "state",
         "status",
         "steps",
@@ -184,6 +203,14 @@ class Fold:
         self.hash = first.hash
         self.status = Status.RUNNABLE
         self.state: dict[str, Any] = {}
+        # The state's size: measured per key (_state_sizes, summed in _state_total) except
+        # for the keys updated since the last measurement (_unmeasured); _state_bound is at
+        # least the size, unmeasured keys included.
+        self._state_sizes: dict[str, int] = {}
+        self._state_total = 0
+        self._unmeasured: set[str] = set()
+        self._state_bound = 0
+        self.signal_nonces: set[str] = set()
         self.result: Any = None
         self.reason: str | None = None
         self.consecutive_failures = 0
@@ -215,6 +242,33 @@ class Fold:
     def state_view(self) -> MappingProxyType[str, Any]:
         return MappingProxyType(self.state)
 
+    @property
+    def state_bytes(self) -> int:
+        """The size of the folded state (measuring the keys updated since it was last asked)."""
+        pending = self._unmeasured
+        if pending:
+            sizes, state, total = self._state_sizes, self.state, self._state_total
+            for key in pending:
+                size = _state_size(key, state[key])
+                total += size - sizes.get(key, 0)
+                sizes[key] = size
+            pending.clear()
+            self._state_total = self._state_bound = total
+        return self._state_total
+
+    @property
+    def state_bound(self) -> int:
+        """At least :attr:`state_bytes`, known without measuring anything."""
+        return self._state_bound
+
+    def state_bytes_after(self, update: Mapping[str, Any]) -> int:
+        """What :attr:`state_bytes` would be after ``update`` (plain data, with str keys)."""
+        total = self.state_bytes
+        sizes = self._state_sizes
+        for key, value in update.items():
+            total += _state_size(key, value) - sizes.get(key, 0)
+        return total
+
     def apply(self, entry: Entry) -> None:
         """Advance the summary past ``entry`` (which must be the next verified entry)."""
         out = entry.outcome
@@ -223,6 +277,14 @@ class Fold:
         update = out.get("state")
         if update:
             self.state.update(update)
+            self._unmeasured.update(update)
+            self._state_bound += len(entry.body)
+        recorded = out.get("signals")
+        if recorded:
+            for signal in recorded:
+                nonce = signal.get("nonce") if isinstance(signal, dict) else None
+                if isinstance(nonce, str):
+                    self.signal_nonces.add(nonce)
         action = entry.action
         if "latency" in out:
             self.last_latency = out["latency"]
@@ -272,7 +334,8 @@ class Fold:
             self.status = Status.RUNNABLE
             self.wait = None
             self.pending_signals = tuple(
-                Signal(s["name"], s.get("payload"), s.get("id", 0)) for s in out.get("signals", ())
+                Signal(s["name"], s.get("payload"), s.get("id", 0), sender=s.get("sender"))
+                for s in out.get("signals", ())
             )
         elif action is Action.TERMINATE:
             self.status = Status.TERMINATED

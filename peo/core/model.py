@@ -174,9 +174,21 @@ class Intent:
     constraints: Constraints = attrs.field(factory=Constraints)
 
 
+def _depth(_: Any, __: Any, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UsageError("Context depth must be a non-negative integer")
+
+
 @attrs.frozen
 class Context:
-    """Who and where: evaluated against each node's local policy."""
+    """Who and where: evaluated against each node's local policy.
+
+    ``root`` and ``depth`` place an object in its tree of delegations: the id of its
+    top-level ancestor and how many delegations below it the object is (None and 0 for a
+    top-level object). A Delegate sets them for its children; the policy limits both.
+    They are left out of the encoding while at their defaults, so a top-level object's
+    entry 0 encodes as it did before they existed.
+    """
 
     identity: str = "anonymous"
     trust_scope: str = "default"
@@ -184,6 +196,8 @@ class Context:
     parent: str | None = None
     labels: dict[str, str] = attrs.field(factory=dict, converter=_frozen_dict)
     resources: dict[str, Any] = attrs.field(factory=dict, converter=_frozen_dict)
+    root: str | None = None
+    depth: int = attrs.field(default=0, validator=_depth)
 
 
 @attrs.frozen

@@ -19,9 +19,10 @@ import attrs
 
 from ..errors import CodecError, PolicyError
 from .codec import check_name
-from .model import Context, Intent
+from .crypto import key_id_of
+from .model import Constraints, Context, Intent
 
-__all__ = ["Policy"]
+__all__ = ["Policy", "SignalRule"]
 
 _MAX_NUMBER = 1e9  # no limit in a policy needs to be larger; bounds overflow in maths
 
@@ -40,6 +41,10 @@ def _number(value: Any, where: str, *, integer: bool = False, minimum: float = 0
     return value
 
 
+def _fmt(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
 def _pacing(value: float | None, default: float) -> float:
     if value is None or isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return default
@@ -48,14 +53,18 @@ def _pacing(value: float | None, default: float) -> float:
 
 #: The tables a policy document may have, and the keys each may hold.
 _SECTIONS: dict[str, tuple[str, ...]] = {
-    "accept": ("trust_scopes", "identities", "handlers"),
+    "accept": ("trust_scopes", "identities", "handlers", "signers"),
     "trust": ("local_keys", "keys"),
     "limits": ("max_payload_bytes", "max_children", "child_handlers", "max_sleep_seconds", "handler_timeout",
-               "max_traceback_bytes"),
+               "max_traceback_bytes", "max_depth", "max_descendants", "max_state_bytes"),
     "thresholds": ("max_failures", "max_steps", "max_cannot_do"),
     "retry": ("base_seconds", "max_seconds"),
     "refine": ("may_relax",),
+    "signals": ("max_inbox", "batch", "unsigned", "rules"),
 }
+
+_RULE_KEYS = ("name", "objects", "senders")
+_HEX = frozenset("0123456789abcdef")
 
 
 def _sections(doc: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
@@ -79,6 +88,87 @@ def _match(allowed: frozenset[str], name: str) -> bool:
     return "*" in allowed or name in allowed
 
 
+def _is_hex(text: str, length: int) -> bool:
+    return len(text) == length and set(text.lower()) <= _HEX
+
+
+@attrs.frozen
+class SignalRule:
+    """Who may send the signal ``name`` ("*": any) to objects in the trust scopes ``objects``
+    ("*": any): ``senders`` are trust scopes the sender's key must be trusted for ("*": any
+    trusted key), or hex public keys (lower case) of senders allowed by key. The first rule
+    that matches a signal decides; :meth:`Policy.signal_senders` finds it."""
+
+    name: str
+    objects: frozenset[str]
+    senders: frozenset[str]
+
+    @property
+    def keys(self) -> frozenset[str]:
+        """The senders named by hex public key."""
+        return frozenset(s for s in self.senders if _is_hex(s, 64))
+
+    @property
+    def key_ids(self) -> frozenset[str]:
+        """The key ids (as entries and signals record a signer) of :attr:`keys`."""
+        return frozenset(key_id_of(bytes.fromhex(k)) for k in self.keys)
+
+    @property
+    def scopes(self) -> frozenset[str]:
+        """The senders named by trust scope."""
+        return self.senders - self.keys
+
+    def matches(self, name: str, scope: str) -> bool:
+        return (self.name == "*" or self.name == name) and _match(self.objects, scope)
+
+
+def _signal_rules(value: Any, where: str) -> tuple[SignalRule, ...]:
+    """``[signals] rules``: an array of tables ``{ name, objects, senders }``."""
+    if not isinstance(value, list):
+        raise PolicyError(f"{where} must be an array of tables {{ name, objects, senders }}")
+    rules = []
+    for i, raw in enumerate(value):
+        at = f"{where}[{i}]"
+        if not isinstance(raw, dict):
+            raise PolicyError(f"{at} must be a table {{ name, objects, senders }}")
+        missing = [k for k in _RULE_KEYS if k not in raw]
+        extra = sorted(set(raw) - set(_RULE_KEYS))
+        if missing or extra:
+            raise PolicyError(f"{at} must have exactly the keys name, objects and senders"
+                              f" ({'missing ' + ', '.join(missing) if missing else 'unknown ' + ', '.join(extra)})")
+        name = raw["name"]
+        try:
+            check_name(name, f"{at} name")
+        except CodecError as exc:
+            raise PolicyError(str(exc)) from None
+        senders = _names(raw["senders"], f"{at} senders")
+        # A 64-digit hex sender is a public key: kept in lower case so that it compares equal
+        # however it was written.
+        senders = frozenset(s.lower() if _is_hex(s, 64) else s for s in senders)
+        rules.append(SignalRule(name, _names(raw["objects"], f"{at} objects"), senders))
+    return tuple(rules)
+
+
+def _signers(value: Any, where: str) -> frozenset[str]:
+    """``[accept] signers``: "*", key ids (16 hex digits) or public keys (64), kept as key ids."""
+    names = _names(value, where)
+    out = set()
+    for name in names:
+        if name == "*" or _is_hex(name, 16):
+            out.add(name.lower())
+        elif _is_hex(name, 64):
+            out.add(key_id_of(bytes.fromhex(name)))
+        else:
+            raise PolicyError(f"{where}: {name!r} is neither \"*\", a key id (16 hex digits) nor a public key (64)")
+    return frozenset(out)
+
+
+def _flag(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise PolicyError(f"{where} must be true or false")
+    return value
+
+
 @attrs.frozen
 class Policy:
     name: str = "default"
@@ -100,6 +190,16 @@ class Policy:
     retry_base: float = 0.5
     retry_max: float = 300.0
     refine_may_relax: bool = False
+    # Totals: how deep a tree of delegations may grow and how many objects it may hold in
+    # all, and how large one object's folded state may become.
+    max_depth: int = 32
+    max_descendants: int = 10_000
+    max_state_bytes: int = 16 * 1024 * 1024
+    accept_signers: frozenset[str] = frozenset({"*"})  # key ids that may sign an object's entry 0
+    max_inbox: int = 1000  # signals waiting per object
+    signal_batch: int = 64  # most signals delivered to one step
+    accept_unsigned_signals: bool = False
+    signal_rules: tuple[SignalRule, ...] = ()
 
     # -- loading ------------------------------------------------------------------------
 
@@ -131,6 +231,7 @@ class Policy:
         relax = refine.get("may_relax", False)
         if not isinstance(local, bool) or not isinstance(relax, bool):
             raise PolicyError(f"{source}: local_keys and may_relax must be true or false")
+        signals = sections["signals"]
         policy = cls(
             name=name,
             ref=f"{name}@{hashlib.sha256(text.encode()).hexdigest()[:12]}",
@@ -151,20 +252,68 @@ class Policy:
             retry_base=float(num(retry, "retry", "base_seconds", d.retry_base)),
             retry_max=float(num(retry, "retry", "max_seconds", d.retry_max)),
             refine_may_relax=relax,
+            max_depth=num(limits, "limits", "max_depth", d.max_depth, integer=True),
+            max_descendants=num(limits, "limits", "max_descendants", d.max_descendants, integer=True),
+            max_state_bytes=num(limits, "limits", "max_state_bytes", d.max_state_bytes, integer=True, minimum=1),
+            accept_signers=_signers(accept.get("signers", ["*"]), f"{source}: [accept] signers"),
+            max_inbox=num(signals, "signals", "max_inbox", d.max_inbox, integer=True, minimum=1),
+            signal_batch=num(signals, "signals", "batch", d.signal_batch, integer=True, minimum=1),
+            accept_unsigned_signals=_flag(signals.get("unsigned", False), f"{source}: [signals] unsigned"),
+            signal_rules=_signal_rules(signals.get("rules", []), f"{source}: [signals] rules"),
         )
         return policy
 
     # -- evaluation (pure) ----------------------------------------------------------------
 
-    def accepts(self, intent: Intent, context: Context) -> str | None:
-        """Why this node must not run the object, or None if it may."""
+    def accepts(self, intent: Intent, context: Context, signer: str | None = None) -> str | None:
+        """Why this node must not run the object, or None if it may.
+
+        ``signer`` is the key id that signed the object's entry 0: unlike the claimed
+        ``identity``, it is bound to a key. Left out (None), only ``[accept] signers = ["*"]``
+        accepts the object.
+        """
         if not _match(self.accept_scopes, context.trust_scope):
             return f"trust scope {context.trust_scope!r} is not accepted"
         if not _match(self.accept_identities, context.identity):
             return f"identity {context.identity!r} is not accepted"
         if not _match(self.accept_handlers, intent.handler):
             return f"handler {intent.handler!r} is not accepted"
+        if "*" not in self.accept_signers and signer not in self.accept_signers:
+            return f"signer key {signer} is not accepted"
         return None
+
+    def constraint_problem(self, constraints: Constraints) -> str | None:
+        """Which of ``constraints`` is above this policy's ceiling, in one sentence, or None.
+
+        The cycle holds every object to the smaller of its constraint and the policy's (a
+        higher one is never used), so a submit that asks for more is refused up front
+        instead of silently getting less. A retry delay longer than the policy's longest
+        (``retry_base`` or ``retry_max``) is above the ceiling; a slower first retry than
+        the policy's own ``base_seconds`` is not: waiting longer is not a looser limit.
+        """
+        checks = (
+            ("max_steps", constraints.max_steps, self.max_steps, "[thresholds] max_steps"),
+            ("max_failures", constraints.max_failures, self.max_failures, "[thresholds] max_failures"),
+            ("retry_base", constraints.retry_base, self.retry_max, "[retry] max_seconds"),
+            ("retry_max", constraints.retry_max, self.retry_max, "[retry] max_seconds"),
+        )
+        for name, value, ceiling, key in checks:
+            if isinstance(value, int | float) and not isinstance(value, bool) and value > ceiling:
+                return f"{name} {_fmt(value)} is above the policy's ceiling of {_fmt(ceiling)} " \
+                       f"(policy {self.name}, {key})"
+        return None
+
+    def signal_rule(self, name: str, scope: str) -> SignalRule | None:
+        """The first ``[signals] rules`` entry for the signal ``name`` sent to an object in
+        trust scope ``scope``, or None."""
+        return next((rule for rule in self.signal_rules if rule.matches(name, scope)), None)
+
+    def signal_senders(self, name: str, scope: str) -> frozenset[str] | None:
+        """Who may send the signal ``name`` to an object in trust scope ``scope``: the senders
+        (trust scopes, hex public keys) of the first rule that matches, or None if none does;
+        then the default applies: the sender's key must be trusted for the object's scope."""
+        rule = self.signal_rule(name, scope)
+        return rule.senders if rule is not None else None
 
     def accepts_handler(self, handler: str) -> bool:
         return _match(self.accept_handlers, handler)
@@ -178,11 +327,13 @@ class Policy:
 
     def backoff_ns(self, failures: int, error_class: str | None, latency_ns: int, base: float | None,
                    cap: float | None, jitter_seed: bytes) -> int:
-        """Semantic backoff: the delay before retry number ``failures`` (1-based)."""
-        # base and cap may come from an object's constraints, which no policy bounded: keep
-        # them finite and within the policy's number range so the delay is a valid int64.
+        """Semantic backoff: the delay before retry number ``failures`` (1-based), never
+        longer than the policy's ``retry_max``."""
+        # base and cap come from an object's constraints or its handler's Retry: keep them
+        # finite, and no delay longer than the policy's own longest (its ceiling: an object
+        # may ask for a shorter cap, never a longer one). A base above the cap is the cap.
         base_s = _pacing(base, self.retry_base)
-        cap_s = _pacing(cap, self.retry_max)
+        cap_s = min(_pacing(cap, self.retry_max), self.retry_max)
         delay = base_s * 2.0 ** min(max(failures - 1, 0), 40)
         if error_class == "rate_limit":
             delay *= 4

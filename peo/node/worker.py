@@ -19,19 +19,21 @@ import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+import attrs
 
 from .. import faultpoints
-from ..core.codec import unpackb
 from ..core.cycle import RUN_HANDLER, Child, Consume, Decision, Release, Spawn, conclude, plan
 from ..core.head import head_of
 from ..core.memory import Fold, genesis, instantiation_outcome, make_entry, verify_chain
-from ..core.model import Action, Delegate, Entry, Signal, Status, Step
-from ..core.wake import children_done
+from ..core.model import LIVE_STATUSES, Action, Delegate, Entry, Signal, Status, Step
 from ..errors import CodecError, IntegrityError, LeaseLostError, StoreError
 from ..ids import new_id
 from ..store import AppendItem, Claim, NewObject
+from .intake import Intake
 from .leases import Held
+from .lineage import Lineage
 
 if TYPE_CHECKING:
     from .node import Node
@@ -57,25 +59,58 @@ def handler_traceback(exc: BaseException) -> str:
     return "".join(lines)
 
 
+#: The error class of a failed step the node recorded for its own unexpected error.
+NODE_ERROR = "NodeError"
+
+
+class NodeError(Exception):
+    """The node could not serve an object (recorded as a failed step of class node_error)."""
+
+
+@attrs.define
+class _Serving:
+    """What a worker has loaded so far (for the unexpected-error rule)."""
+
+    fold: Fold | None = None
+
+
+def row_disagreement(claim: Claim, fold: Fold) -> str | None:
+    """What the claimed row says that its verified chain does not, if anything: the row is
+    a cache anyone with store access can edit, and a node runs what the chain says or
+    nothing (a finished object's row set back to runnable, another handler or scope)."""
+    if fold.status not in LIVE_STATUSES:
+        return f"the row says the object is live but its chain ended at seq {fold.seq} ({fold.status})"
+    c, ctx = claim, fold.context
+    for what, row, chain in (("handler", c.handler, fold.intent.handler), ("trust scope", c.scope, ctx.trust_scope),
+                             ("priority", c.priority, ctx.priority), ("parent", c.parent, ctx.parent),
+                             ("status", c.status, fold.status)):
+        if row != chain:
+            return f"the row's {what} {row!r} is not the chain's {chain!r}"
+    return None
+
+
 class Worker:
     """Runs the cycles of the objects a node holds (one call of :meth:`work` per claim)."""
 
     def __init__(self, node: Node):
         self.node = node
+        self.intake = Intake(node)
+        self.lineage = Lineage(node)
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None  # for sync handlers
 
     async def work(self, claim: Claim, rows: list[tuple[bytes, bytes]] | None = None, *, once: bool = False) -> None:
         """Serve ``claim`` until the object leaves this node (``once``: after one entry)."""
         node = self.node
         held = node.leases.held[claim.id]
+        serving = _Serving()
         try:
-            await self._serve(claim, held, rows, once)
+            await self._serve(claim, held, rows, once, serving)
         except LeaseLostError:
             held.released = True  # not ours any more: nothing to release
         except StoreError as exc:
             log.warning("object_abandoned id=%s error=%s", claim.id, exc)
-        except Exception:
-            log.exception("node_bug id=%s", claim.id)
+        except Exception as exc:
+            await self._unexpected(claim, held, serving.fold, exc)
         finally:
             if not held.released:
                 with contextlib.suppress(Exception):
@@ -83,6 +118,38 @@ class Worker:
                     await asyncio.shield(node.store.release(claim.id, held.token, due_at=now, now=now))
             node.leases.drop(claim.id)
             node.wake_claimer()
+
+    async def _unexpected(self, claim: Claim, held: Held, fold: Fold | None, exc: Exception) -> None:
+        """One rule for an exception the node did not expect while serving an object: the
+        first time, a failed step is recorded (it backs off and counts toward the failure
+        threshold, like any failed step); when it repeats, or cannot be recorded, the object
+        is quarantined with the reason. Never released as due at once: that would loop."""
+        node, oid = self.node, claim.id
+        log.error("node_error id=%s error=%s: %s", oid, type(exc).__name__, exc,
+                  exc_info=(type(exc), exc, exc.__traceback__))
+        node.stats["node_errors"] = node.stats.get("node_errors", 0) + 1
+        what = f"{type(exc).__name__}: {exc}"[:500]
+        if fold is not None and fold.status is Status.RUNNABLE and not held.released \
+                and not (fold.consecutive_failures and fold.last_error_class == NODE_ERROR) and not held.lost:
+            try:
+                failure = NodeError(f"the node could not serve this object: {what}")
+                decision = conclude(fold, node.policy, failure, now=node.clock(), latency_ns=0)
+                if await self.append(held, fold, [], decision, ()) is not None:
+                    held.released = True  # the failure entry released it (dormant, backing off)
+                    return
+            except Exception as again:
+                what = f"{what}; recording it failed: {type(again).__name__}: {again}"[:500]
+        try:
+            await node.store.quarantine(oid, f"node error: {what}", now=node.clock())
+            node.stats["quarantined"] += 1
+            log.error("object_quarantined id=%s reason=node error: %s", oid, what)
+            held.released = True
+        except Exception as failed:
+            log.warning("quarantine_failed id=%s error=%s", oid, failed)
+            with contextlib.suppress(Exception):
+                later = node.clock() + 10 * node.lease_ns
+                await node.store.release(oid, held.token, due_at=later, now=node.clock())
+                held.released = True
 
     async def _load(self, claim: Claim, held: Held,
                     rows: list[tuple[bytes, bytes]] | None) -> tuple[list[Entry], Fold] | None:
@@ -99,6 +166,9 @@ class Worker:
                     object_id=oid, seq=claim.seq,
                 )
             fold = Fold.of(memory)  # an entry 0 whose intent or context does not structure fails here
+            disagreement = row_disagreement(claim, fold)
+            if disagreement:
+                raise IntegrityError(disagreement, object_id=oid, seq=fold.seq)
         except (IntegrityError, CodecError) as exc:
             log.error("object_quarantined id=%s reason=%s", oid, exc)
             node.stats["quarantined"] += 1
@@ -107,13 +177,15 @@ class Worker:
             return None
         return memory, fold
 
-    async def _serve(self, claim: Claim, held: Held, rows: list[tuple[bytes, bytes]] | None, once: bool) -> None:
+    async def _serve(self, claim: Claim, held: Held, rows: list[tuple[bytes, bytes]] | None, once: bool,
+                     serving: _Serving) -> None:
         node, oid = self.node, claim.id
         loaded = await self._load(claim, held, rows)
         if loaded is None:
             return
         memory, fold = loaded
-        refusal = node.policy.accepts(fold.intent, fold.context)
+        serving.fold = fold
+        refusal = node.policy.accepts(fold.intent, fold.context, signer=memory[0].signer)
         if refusal is not None:
             log.info("object_refused id=%s reason=%s", oid, refusal)
             # Put it back for a node whose policy accepts it; not due at once, or this node
@@ -126,10 +198,10 @@ class Worker:
         while True:
             if held.lost:
                 raise LeaseLostError(f"lease on {oid} lost")
-            signals: Sequence[Signal] = await node.store.inbox(oid) if inbox else ()
+            signals: Sequence[Signal] = await self.intake.signals(fold) if inbox else ()
             finished = False
             if fold.status is Status.DORMANT and fold.wake.children:
-                finished = children_done(k.status for k in await node.store.list(parent=oid))
+                finished = await self.lineage.children_done(fold)
             now = node.clock()
             decided = plan(fold, node.policy, now=now, signals=signals, children_done=finished)
             if isinstance(decided, Release):
@@ -167,7 +239,7 @@ class Worker:
             state=fold.state_view(),
             memory=memory,
             signals=(*fold.pending_signals, *signals),
-            children=await self._children(fold) if fold.children else {},
+            children=await self.lineage.results(fold) if fold.children else {},
             attempt=fold.consecutive_failures + 1,
             cannot_do=frozenset(fold.cannot_do),
             first_seq=fold.attempt_seq,
@@ -192,9 +264,16 @@ class Worker:
         latency = time.perf_counter_ns() - started
         if faultpoints.ARMED:
             faultpoints.hit("node.after_handler")
-        child_ids = [new_id() for _ in proposal.children] if isinstance(proposal, Delegate) else []
+        child_ids: list[str] = []
+        descendants = None
+        if isinstance(proposal, Delegate):
+            child_ids = [new_id() for _ in proposal.children]
+            # The policy's total of descendants per root object (one indexed count, only
+            # when a step delegates).
+            descendants = await node.store.count_descendants(fold.context.root or fold.object_id)
         decision = conclude(fold, node.policy, proposal, now=node.clock(), latency_ns=latency,
-                            signals=signals, child_ids=child_ids, traceback=tb, retry=handler.retry)
+                            signals=signals, child_ids=child_ids, traceback=tb, retry=handler.retry,
+                            descendants=descendants)
         error = decision.outcome.get("error")
         if error is not None:
             # One line per failed step, so that a failing handler shows on the node's stderr.
@@ -202,18 +281,6 @@ class Worker:
                         fold.object_id, fold.seq + 1, fold.intent.handler, step.attempt, error["class"],
                         error["message"][:300], decision.outcome.get("reason") or decision.action)
         return decision
-
-    async def _children(self, fold: Fold) -> dict[str, Any]:
-        """Each finished child's id mapped to its result (None if it ended without one)."""
-        children: dict[str, Any] = {}
-        for row in await self.node.store.list(parent=fold.object_id):
-            if row.status is not Status.TERMINATED:
-                continue
-            try:
-                children[row.id] = unpackb(row.result) if row.result is not None else None
-            except CodecError:
-                children[row.id] = None
-        return children
 
     async def append(self, held: Held, fold: Fold, memory: list[Entry], decision: Decision,
                      signals: Sequence[Signal]) -> int | None:
@@ -225,8 +292,11 @@ class Worker:
         except CodecError as exc:
             # The proposal passed the policy but its entry as a whole would break the
             # record limits (e.g. a state and a result each just under the limit):
-            # record a failed step instead, which is small.
-            decision = conclude(fold, node.policy, exc, now=node.clock(), latency_ns=0, signals=signals)
+            # record a failed step instead, which is small: without the signals, which
+            # stay in the inbox for the next attempt (they may be what made it too large).
+            if fold.status is not Status.RUNNABLE:
+                raise
+            decision = conclude(fold, node.policy, exc, now=node.clock(), latency_ns=0)
             entry = self._sign(fold, decision)
         if faultpoints.ARMED:
             faultpoints.hit("node.after_sign")
@@ -267,6 +337,6 @@ class Worker:
         return NewObject(
             id=child.id, handler=child.intent.handler, scope=child.context.trust_scope,
             identity=child.context.identity, priority=child.context.priority, parent=child.context.parent,
-            entry=entry0, due_at=now, labels=child.context.labels,
+            entry=entry0, due_at=now, labels=child.context.labels, root=child.context.root,
         )
 

@@ -14,9 +14,10 @@ The contract is :class:`Store` (peo/store/base.py); the dialects live in
 from __future__ import annotations
 
 from ..errors import UsageError
-from .base import AppendItem, Claim, NewObject, ObjectRow, Store
+from .base import REFUSALS_KEPT, AppendItem, Claim, NewObject, ObjectRow, RefusedSignal, SignalRefusal, Store
 
-__all__ = ["AppendItem", "Claim", "NewObject", "ObjectRow", "Store", "open_store"]
+__all__ = ["REFUSALS_KEPT", "AppendItem", "Claim", "NewObject", "ObjectRow", "RefusedSignal", "SignalRefusal", "Store",
+           "open_store"]
 
 _POSTGRES_EXTRA = "pip install 'peo[postgres]'"
 

@@ -22,10 +22,24 @@ import attrs
 from ..core.head import Head
 from ..core.model import Entry, Signal, Status
 
-__all__ = ["AppendItem", "Claim", "NewObject", "ObjectRow", "Store"]
+__all__ = [
+    "REFUSALS_KEPT",
+    "AppendItem",
+    "Claim",
+    "NewObject",
+    "ObjectRow",
+    "RefusedSignal",
+    "SignalRefusal",
+    "SignalRefusalLike",
+    "Store",
+]
 
 #: Statuses as stored. "running" is derived: runnable and leased right now.
 STORED_STATUSES: tuple[Status, ...] = tuple(s for s in Status if s is not Status.RUNNING)
+
+#: How many refused signals a store keeps per object (the newest): an inbox flooded with
+#: signals that are all refused cannot grow the store without bound.
+REFUSALS_KEPT = 100
 
 
 @attrs.frozen
@@ -41,6 +55,9 @@ class NewObject:
     entry: Entry
     due_at: int  # when it is first due (normally: now)
     labels: Mapping[str, str] = attrs.field(factory=dict)  # entry 0's Context.labels (for listing)
+    # The id of its top-level ancestor (entry 0's Context.root); None for a top-level object.
+    # Store.count_descendants counts the objects that name one root.
+    root: str | None = None
 
 
 @attrs.frozen
@@ -66,6 +83,9 @@ class ObjectRow:
     inbox: int  # signals waiting in the inbox
     created_at: int
     updated_at: int
+    # The top-level ancestor's id; None for a top-level object, and for every object created
+    # before stores recorded it (those count as top-level: see Store.count_descendants).
+    root: str | None = None
 
     def status_at(self, now: int) -> Status:
         """The status as of ``now``: a runnable object with a live lease is RUNNING."""
@@ -76,13 +96,49 @@ class ObjectRow:
 
 @attrs.frozen
 class Claim:
-    """A lease on one object: ``token`` fences every write made under it."""
+    """A lease on one object: ``token`` fences every write made under it.
+
+    Besides the head hash, a claim carries the row's identity as stored when it was
+    claimed (handler, scope, priority, parent, status), so that the node can check the
+    row against the verified chain: a row set back to runnable, or given another handler
+    or scope behind peo's back, is detected before anything runs."""
 
     id: str
     token: int
     seq: int
     inbox: int
     head: bytes  # hash of entry ``seq`` as the head records it; the node checks it
+    handler: str = ""
+    scope: str = ""
+    priority: int = 0
+    parent: str | None = None
+    status: Status = Status.RUNNABLE  # as stored: runnable or dormant (a claim takes only live objects)
+
+
+@attrs.frozen
+class SignalRefusal:
+    """One inbox signal to refuse (:meth:`Store.refuse_signals`): its id, why, and the key id
+    that signed it if one did (None: unsigned, or the signature did not name a known key)."""
+
+    id: int
+    reason: str
+    sender: str | None = None
+
+
+#: What :meth:`Store.refuse_signals` takes for one signal.
+SignalRefusalLike = SignalRefusal | tuple[int, str] | tuple[int, str, str | None]
+
+
+@attrs.frozen
+class RefusedSignal:
+    """A signal that was refused and moved out of the inbox (:meth:`Store.refused`)."""
+
+    id: int  # its inbox id
+    name: str
+    reason: str
+    sender: str | None
+    refused_at: int
+    created_at: int  # when it was put in the inbox
 
 
 @attrs.frozen
@@ -205,16 +261,56 @@ class Store(abc.ABC):
         child counts as finished: its parent, if dormant waiting for children, is made due."""
 
     @abc.abstractmethod
-    async def signal(self, object_id: str, name: str, payload: Any, *, now: int) -> int:
+    async def signal(self, object_id: str, name: str, payload: Any, *, now: int, seal: bytes | None = None,
+                     max_inbox: int | None = None) -> int:
         """Put a signal in the object's inbox and wake the object if it waits for it.
         Raises NotFoundError for an unknown id and ObjectTerminatedError for a terminated
         object (checked in the same transaction: nothing is written). A quarantined
-        object's signals are kept. A cancel (``peo.cancel``) while an earlier one is still
-        in the inbox adds nothing and returns the earlier one's id. Returns the signal id."""
+        object's signals are kept. An unsealed cancel (``peo.cancel``) while an earlier
+        one is still in the inbox adds nothing and returns the earlier one's id; a sealed
+        one is always added (the earlier one may be a forgery the node will refuse, and a
+        real cancel must not be lost behind it). Returns the signal id.
+
+        ``seal`` is the signed envelope the sender made (:mod:`peo.core.signals`), kept as
+        an opaque blob and returned in :attr:`Signal.seal` by :meth:`inbox`; the store never
+        reads it. With ``max_inbox``, a signal to an object that already has that many
+        signals waiting (its head's inbox count) raises InboxFullError, checked in the same
+        transaction: nothing is written. The cancel de-duplication comes first; a caller
+        that wants a cancel to get through a full inbox passes no ``max_inbox`` for it."""
 
     @abc.abstractmethod
-    async def inbox(self, object_id: str) -> list[Signal]:
-        """Signals waiting in the inbox, oldest first."""
+    async def inbox(self, object_id: str, *, limit: int | None = None,
+                    names: Collection[str] | None = None) -> list[Signal]:
+        """Signals waiting in the inbox, oldest first: at most ``limit`` of them, and only
+        those called one of ``names`` if given (an empty ``names`` reads nothing). A node
+        waiting for ``approve`` reads ``names={"approve", "peo.cancel"}``, so however many
+        other signals are waiting, they never hide the awaited one. Served by an index on
+        (object_id, name, id) (with ``names``) or (object_id, id): the cost follows what
+        is read, not what is waiting."""
+
+    @abc.abstractmethod
+    async def refuse_signals(self, object_id: str, refusals: Sequence[SignalRefusalLike], *, now: int) -> int:
+        """Move the given signals out of the object's inbox into its refused signals, in one
+        transaction, and return how many were moved (a signal no longer in the inbox, e.g.
+        consumed or refused already, is skipped; an id given twice counts once). Each
+        refusal is a :class:`SignalRefusal` (id, reason, sender), or a tuple (id, reason) or
+        (id, reason, sender). Reasons are cut to 2,000 characters, senders to 200. The head's inbox count
+        drops by the number moved. A refused signal no longer counts for the wake rules
+        (they read the inbox): a dormant object waiting for ``approve`` is not made due by
+        a refused ``approve`` at its next release or append. (An object the signal already
+        made due stays due until its node releases it: a store never makes an object less
+        due on its own.) Only the newest :data:`REFUSALS_KEPT` refusals of each object are
+        kept: older ones are deleted in the same transaction."""
+
+    @abc.abstractmethod
+    async def refused(self, object_id: str, *, limit: int = 20) -> list[RefusedSignal]:
+        """The object's refused signals, newest refusal first, at most ``limit``."""
+
+    @abc.abstractmethod
+    async def count_descendants(self, root: str) -> int:
+        """How many objects have ``root`` as their top-level ancestor (the root itself not
+        included): one indexed count. Objects created before stores recorded roots have
+        none (they count as top-level), so their descendants are not counted."""
 
     @abc.abstractmethod
     async def get(self, object_id: str) -> ObjectRow:

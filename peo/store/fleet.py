@@ -13,7 +13,7 @@ from collections.abc import Collection, Sequence
 from typing import Any, ClassVar
 
 from .base import Claim
-from .sql import LIVE, Reads, blob
+from .sql import CLAIM_COLUMNS, LIVE, Reads, claim_of
 
 __all__ = ["NODES_MIGRATION", "FleetQueries", "serves"]
 
@@ -83,12 +83,11 @@ class FleetQueries:
         rows = await self._write_rows(
             f"UPDATE objects SET lease_owner = {p(1)}, lease_token = {p(2)}, lease_until = {p(3)}"
             f" WHERE id = {p(4)} AND status IN ({LIVE})"
-            f" AND (lease_until IS NULL OR lease_until < {p(5)} OR {p(6)}) RETURNING seq, inbox, head",
+            f" AND (lease_until IS NULL OR lease_until < {p(5)} OR {p(6)}) RETURNING {CLAIM_COLUMNS}",
             (owner, token, now + lease_ns, object_id, now, force),
         )
         if not rows:
             return None
-        seq, inbox, head = rows[0]
-        return Claim(object_id, token, int(seq), int(inbox), blob(head) or b"")
+        return claim_of(object_id, token, rows[0])
 
 

@@ -14,17 +14,29 @@ notifications) stays in each dialect's package.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from ..core.codec import check_name, packb, unpackb
 from ..core.head import Head
 from ..core.model import CANCEL_SIGNAL, Entry, Signal, Status
 from ..core.wake import child_end_wakes, due_case, final_statuses_sql, live_statuses_sql, signal_wakes
-from ..errors import CodecError, NotFoundError, ObjectTerminatedError, StoreError, UsageError
-from .base import STORED_STATUSES, AppendItem, NewObject, ObjectRow, Store
+from ..errors import CodecError, InboxFullError, NotFoundError, ObjectTerminatedError, StoreError, UsageError
+from .base import (
+    REFUSALS_KEPT,
+    STORED_STATUSES,
+    AppendItem,
+    Claim,
+    NewObject,
+    ObjectRow,
+    RefusedSignal,
+    SignalRefusal,
+    SignalRefusalLike,
+    Store,
+)
 
 __all__ = [
+    "CLAIM_COLUMNS",
     "COLUMNS",
     "DROP_LEASE",
     "FINAL",
@@ -39,7 +51,9 @@ __all__ = [
     "append_values",
     "blob",
     "check_creatable",
+    "check_inbox_room",
     "check_signal_target",
+    "claim_of",
     "entry_values",
     "import_head",
     "import_values",
@@ -55,7 +69,10 @@ __all__ = [
     "object_row",
     "object_values",
     "parent_to_wake",
+    "prune_refused",
     "quarantine",
+    "refusal_rows",
+    "refused_signals",
     "release",
     "signal_wake",
     "signals",
@@ -70,8 +87,11 @@ Placeholder = Callable[[int, str], str]
 #: The head's columns in the order :func:`object_row` reads them.
 COLUMNS = (
     "id, handler, scope, identity, priority, status, seq, head, due_at, lease_owner, lease_until,"
-    " parent, result, reason, wait_signal, wait_children, inbox, created_at, updated_at"
+    " parent, result, reason, wait_signal, wait_children, inbox, created_at, updated_at, root"
 )
+#: What a claim (and a seize) returns of the row it leases, after its id and token, in the
+#: order :func:`claim_of` reads them: columns of the row being updated, so free to return.
+CLAIM_COLUMNS = "seq, inbox, head, handler, scope, priority, parent, status"
 
 #: ``'runnable', 'dormant'``: objects that may be claimed.
 LIVE = live_statuses_sql()
@@ -119,14 +139,14 @@ def _template(*params: str) -> Callable[[Callable[[Param], str]], Template]:
     return make
 
 
-@_template("id", "handler", "scope", "identity", "priority", "hash", "due", "parent", "labels")
+@_template("id", "handler", "scope", "identity", "priority", "hash", "due", "parent", "labels", "root")
 def insert_object(p: Param) -> str:
     """A new object's head: runnable at seq 0, due at ``due`` (values: :func:`object_values`)."""
     return (
         "INSERT INTO objects (id, handler, scope, identity, priority, status, seq, head, due_at, parent,"
-        f" created_at, updated_at, labels) VALUES ({p('id')}, {p('handler')}, {p('scope')}, {p('identity')},"
+        f" created_at, updated_at, labels, root) VALUES ({p('id')}, {p('handler')}, {p('scope')}, {p('identity')},"
         f" {p('priority')}, '{Status.RUNNABLE}', 0, {p('hash')}, {p('due')}, {p('parent')}, {p('due')}, {p('due')},"
-        f" {p('labels')})"
+        f" {p('labels')}, {p('root')})"
     )
 
 
@@ -207,7 +227,8 @@ def import_head(p: Param) -> str:
 
 
 def object_values(o: NewObject) -> tuple[Any, ...]:
-    return o.id, o.handler, o.scope, o.identity, o.priority, o.entry.hash, o.due_at, o.parent, labels_text(o.labels)
+    return (o.id, o.handler, o.scope, o.identity, o.priority, o.entry.hash, o.due_at, o.parent, labels_text(o.labels),
+            o.root)
 
 
 # The objects table's ``labels`` column: one line per label, "KEY<tab>VALUE", sorted, with a
@@ -259,19 +280,74 @@ def is_due(due_at: int | None, now: int) -> bool:
 
 
 def check_signal_target(object_id: str, row: Sequence[Any] | None) -> None:
-    """Inside a signal's transaction, with the object's (status, reason) row (None: no such
-    object): raise unless a signal to it may still be read. A quarantined object keeps
-    its signals (it may be resumed); a terminated one never reads them."""
+    """Inside a signal's transaction, with the object's (status, reason, inbox) row (None:
+    no such object): raise unless a signal to it may still be read. A quarantined object
+    keeps its signals (it may be resumed); a terminated one never reads them."""
     if row is None:
         raise NotFoundError(f"no object {object_id}")
     if row[0] == Status.TERMINATED.value:
         raise ObjectTerminatedError(object_id, row[1])
 
 
-#: A signal's target: its (status, reason), read in the signal's transaction.
-SIGNAL_TARGET = "SELECT status, reason FROM objects WHERE id = {}"
+def check_inbox_room(object_id: str, row: Sequence[Any], max_inbox: int | None) -> None:
+    """Inside a signal's transaction, after :func:`check_signal_target`: raise InboxFullError
+    if the object already has ``max_inbox`` signals waiting (None: no limit)."""
+    if max_inbox is not None and row[2] >= max_inbox:
+        raise InboxFullError(object_id, int(row[2]), max_inbox)
+
+
+#: A signal's target: its (status, reason, inbox count), read in the signal's transaction.
+SIGNAL_TARGET = "SELECT status, reason, inbox FROM objects WHERE id = {}"
 #: An earlier cancel still in the inbox (a second cancel adds nothing: see Store.signal).
 PENDING_CANCEL = f"SELECT id FROM inbox WHERE object_id = {{}} AND name = '{CANCEL_SIGNAL}' ORDER BY id LIMIT 1"
+
+
+# -- claims and refused signals --------------------------------------------------------------
+
+
+def claim_of(object_id: str, token: int, row: Sequence[Any]) -> Claim:
+    """A :class:`Claim` of ``object_id`` under ``token`` from a row of :data:`CLAIM_COLUMNS`.
+    Only live objects are claimed, so the status is runnable or dormant; a value peo never
+    writes could only come from an edit behind its back, and reads as quarantined (the node
+    then finds that the row disagrees with the chain), never as a crash."""
+    seq, inbox, head, handler, scope, priority, parent, status = row[:8]
+    return Claim(object_id, token, int(seq), int(inbox), blob(head) or b"", handler=handler, scope=scope,
+                 priority=int(priority), parent=parent, status=_STATUS.get(status, Status.QUARANTINED))
+
+
+NAME_KEPT = 200  # characters of a refused signal's name, and of its sender, that are kept
+
+
+def refusal_rows(refusals: Sequence[SignalRefusalLike]) -> list[tuple[int, str, str | None]]:
+    """(id, reason, sender) of each refusal, the first of each id only, cut to size."""
+    out: dict[int, tuple[int, str, str | None]] = {}
+    for r in refusals:
+        if isinstance(r, SignalRefusal):
+            sid, reason, sender = r.id, r.reason, r.sender
+        else:
+            sid, reason = r[0], r[1]
+            sender = r[2] if len(r) > 2 else None
+        sid = int(sid)
+        if sid not in out:
+            out[sid] = (sid, str(reason)[:REASON_LIMIT], None if sender is None else str(sender)[:NAME_KEPT])
+    return list(out.values())
+
+
+@_template("id")
+def prune_refused(p: Param) -> str:
+    """Delete an object's refusals older than its newest :data:`REFUSALS_KEPT` (the oldest
+    kept is found through the (object_id, refused_at, id) index: the cost is bounded)."""
+    return (
+        f"DELETE FROM refused_signals WHERE object_id = {p('id')} AND (refused_at, id) < ("
+        f"SELECT refused_at, id FROM refused_signals WHERE object_id = {p('id')}"
+        f" ORDER BY refused_at DESC, id DESC LIMIT 1 OFFSET {REFUSALS_KEPT - 1})"
+    )
+
+
+def refused_signals(rows: Iterable[Sequence[Any]]) -> list[RefusedSignal]:
+    """Rows (id, name, reason, sender, refused_at, created_at) as refused signals."""
+    return [RefusedSignal(int(sid), str(name), str(reason), sender, int(at), int(created))
+            for sid, name, reason, sender, at, created in rows]
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -296,7 +372,7 @@ def object_row(r: Sequence[Any]) -> ObjectRow:
         id=r[0], handler=r[1], scope=r[2], identity=r[3], priority=r[4], status=status, seq=r[6],
         head=blob(r[7]) or b"", due_at=r[8], lease_owner=r[9], lease_until=r[10], parent=r[11],
         result=blob(r[12]), reason=r[13], wait_signal=r[14],
-        wait_children=bool(r[15]), inbox=r[16], created_at=r[17], updated_at=r[18],
+        wait_children=bool(r[15]), inbox=r[16], created_at=r[17], updated_at=r[18], root=r[19],
     )
 
 
@@ -354,19 +430,19 @@ def memories(object_ids: Iterable[str], rows: Iterable[Sequence[Any]]) -> dict[s
 
 
 def signals(rows: Iterable[Sequence[Any]]) -> list[Signal]:
-    """Inbox rows (id, name, payload) as signals."""
+    """Inbox rows (id, name, payload, seal) as signals."""
     out = []
-    for sid, name, payload in rows:
+    for sid, name, payload, seal in rows:
         try:
             value = unpackb(blob(payload) or b"")
         except CodecError:
             value = None  # written by peo itself; a corrupt payload is delivered as None
-        out.append(Signal(name, value, sid))
+        out.append(Signal(name, value, sid, seal=blob(seal)))
     return out
 
 
 #: Every table peo's migrations create (one of them may be half-made by an old version).
-PEO_TABLES = frozenset({"objects", "entries", "entries_v3", "inbox", "nodes", "peo_schema"})
+PEO_TABLES = frozenset({"objects", "entries", "entries_v3", "inbox", "nodes", "peo_schema", "refused_signals"})
 
 
 def no_store(where: str) -> StoreError:
@@ -407,8 +483,17 @@ class Reads:
 
     def __init__(self, param: Callable[[int], str], *, next_due: str,
                  entries_of: Callable[[list[str]], tuple[str, Sequence[Any]]],
-                 contains: Callable[[str, str], str]):
+                 contains: Callable[[str, str], str],
+                 one_of: Callable[[str, list[str], Callable[[Any], str]], str],
+                 inbox_by_name: str = "inbox"):
         self.param = param
+        # The inbox as a read by name names it: SQLite is told to use the (object_id, name,
+        # id) index, else it may walk every signal of the object in id order to find the
+        # few with those names.
+        self.inbox_by_name = inbox_by_name
+        # ``one_of(column, values, arg)``: the SQL test that ``column`` is one of ``values``
+        # (not empty), binding them through ``arg(value) -> placeholder``.
+        self.one_of = one_of
         # ``contains(text, part)``: the SQL test that ``text`` holds ``part`` as is (no
         # wildcards, case-sensitive: LIKE has wildcards and ignores case in SQLite).
         self.contains = contains
@@ -420,8 +505,27 @@ class Reads:
         self.entry_hash = f"SELECT hash FROM entries WHERE object_id = {param(1)} AND seq = {param(2)}"
         self.head_entries = (f"SELECT seq, body, sig FROM entries WHERE object_id = {param(1)}"
                              f" AND (seq = 0 OR seq = {param(2)})")
-        self.inbox = f"SELECT id, name, payload FROM inbox WHERE object_id = {param(1)} ORDER BY id"
+        self.refused = (f"SELECT id, name, reason, sender, refused_at, created_at FROM refused_signals"
+                        f" WHERE object_id = {param(1)} ORDER BY refused_at DESC, id DESC LIMIT {param(2)}")
+        self.count_descendants = f"SELECT count(*) FROM objects WHERE root = {param(1)}"
         self.next_due = next_due  # the earliest due time of a live object (each dialect's own plan)
+
+    def inbox(self, object_id: str, limit: int | None, names: Collection[str] | None) -> tuple[str, list[Any]]:
+        """The query of :meth:`Store.inbox` and its arguments."""
+        args: list[Any] = [object_id]
+
+        def arg(value: Any) -> str:
+            args.append(value)
+            return self.param(len(args))
+
+        table = "inbox" if names is None else self.inbox_by_name
+        query = f"SELECT id, name, payload, seal FROM {table} WHERE object_id = {self.param(1)}"
+        if names is not None:
+            query += " AND " + self.one_of("name", sorted(set(names)), arg)
+        query += " ORDER BY id"
+        if limit is not None:
+            query += f" LIMIT {arg(max(int(limit), 0))}"
+        return query, args
 
 
 class SQLStore(Store):
@@ -458,8 +562,20 @@ class SQLStore(Store):
         rows = await self._read(self.reads.entry_hash, (object_id, seq))
         return blob(rows[0][0]) if rows else None
 
-    async def inbox(self, object_id: str) -> list[Signal]:
-        return signals(await self._read(self.reads.inbox, (object_id,)))
+    async def inbox(self, object_id: str, *, limit: int | None = None,
+                    names: Collection[str] | None = None) -> list[Signal]:
+        if (names is not None and not names) or (limit is not None and limit <= 0):
+            return []
+        return signals(await self._read(*self.reads.inbox(object_id, limit, names)))
+
+    async def refused(self, object_id: str, *, limit: int = 20) -> list[RefusedSignal]:
+        if limit <= 0:
+            return []
+        return refused_signals(await self._read(self.reads.refused, (object_id, int(limit))))
+
+    async def count_descendants(self, root: str) -> int:
+        rows = await self._read(self.reads.count_descendants, (root,))
+        return int(rows[0][0]) if rows else 0
 
     async def next_due(self) -> int | None:
         rows = await self._read(self.reads.next_due)

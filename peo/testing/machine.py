@@ -9,7 +9,6 @@ import os
 import secrets
 import shutil
 import tempfile
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, ClassVar, TypeVar
@@ -396,7 +395,7 @@ class ResumptionMachine(Invariants, RuleBasedStateMachine):
         if operator:
             self._act(self.client.cancel(oid))
         else:
-            self._act(self.client.store.signal(oid, CANCEL_SIGNAL, None, now=time.time_ns()))
+            self._act(self.client.send(oid, CANCEL_SIGNAL, None))
 
     # -- invariants -----------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -194,13 +195,15 @@ def test_a_profile_configures_the_node_and_flags_override_it(
     b = submit(capsys, sqlite_url, "count", "--goal", '{"steps": 1}')
     code, _, err = run(capsys, "node", "--profile", "p.toml", "--node-id", "from-flag", "--until-idle")
     assert code == 0, err
+    # Readers check the signed head, so they must trust the profile's key: share its .pub
+    # with the deployment's key directory (as docs/security.md says to).
+    shutil.copy(tmp_path / "keys" / "profile.key.pub", tmp_path / ".peo" / "keys" / "profile.key.pub")
     nodes = {oid: {m["origin_node"] for m in json.loads(ok(capsys, "--store", sqlite_url, "show", oid, "--json"))[
         "memory"][1:]} for oid in (a, b)}
     assert nodes == {a: {"from-profile"}, b: {"from-flag"}}
     code, _, err = run(capsys, "--store", "sqlite:///no/such/dir/peo.db", "node", "--profile", "p.toml", "--until-idle")
     assert code == 1 and "does not exist" in err  # and --store wins over the profile
-    # The profile's key is not in $PEO_HOME/keys: verification needs the policy to trust it,
-    # so the signer of a's steps is the profile key.
+    # The signer of a's steps is the profile key.
     signer = json.loads(ok(capsys, "--store", sqlite_url, "show", a, "--json"))["memory"][1]["signer"]
     assert signer == keys.load_key_file(tmp_path / "keys" / "profile.key").key_id
 

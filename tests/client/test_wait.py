@@ -42,3 +42,34 @@ def test_a_store_without_notifications_says_so(sqlite_url: str) -> None:
     assert peo.Client(sqlite_url).store.notifies is False
     pytest.importorskip("asyncpg")
     assert peo.Client("postgresql://postgres@127.0.0.1:5432/test").store.notifies is True
+
+
+async def test_wait_reads_the_signed_head_once_per_change_of_the_row(store_url: str) -> None:
+    """Holding the row to its signed head costs a read and two signature checks: a wait
+    pays it when the row's claims change (and once per head for a client), not per poll."""
+    app = peo.App()
+
+    @app.handler("gate")
+    def gate(step: peo.Step) -> peo.Proposal:
+        return peo.Done("open") if step.signals else peo.WaitSignal("go")
+
+    async with peo.Client(store_url) as client:
+        oid = await client.submit("gate")
+        await peo.Node(store_url, app, idle_horizon=0).run_until_idle()
+        reads = 0
+        real = client.store.head_entries
+
+        async def counting(object_id: str, seq: int) -> Any:
+            nonlocal reads
+            reads += 1
+            return await real(object_id, seq)
+
+        client.store.head_entries = counting  # type: ignore[method-assign]
+        with pytest.raises(peo.errors.TimeoutError):
+            await client.wait(oid, timeout=0.3, poll=0.01)  # dormant: many polls, one check
+        assert reads == 1
+        await client.signal(oid, "go")
+        await peo.Node(store_url, app, idle_horizon=0).run_until_idle()
+        for _ in range(20):
+            assert await client.wait(oid, timeout=5) == "open"
+        assert reads == 2  # the terminate entry, checked once

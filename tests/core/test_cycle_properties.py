@@ -131,7 +131,9 @@ objects = st.builds(Intent, handler=st.just("work"), constraints=st.builds(
 
 
 def snapshot(fold: Fold) -> dict[str, Any]:
-    return {name: getattr(fold, name) for name in Fold.__slots__}
+    """Everything a fold says; its private slots are caches (of a lazily measured state size)."""
+    return {name: getattr(fold, name) for name in Fold.__slots__ if not name.startswith("_")} | {
+        "state_bytes": fold.state_bytes}
 
 
 def trigger_holds(trigger: str, wait: dict[str, Any], inbox: list[str], now: int, children_done: bool) -> bool:

@@ -12,8 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from peo.config import default_policy, load_policy
+from peo.core.crypto import key_id_of
 from peo.core.model import Context, Intent
-from peo.core.policy import Policy
+from peo.core.policy import Policy, SignalRule
 from peo.errors import PolicyError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -231,3 +232,102 @@ def test_property_backoff_is_capped_deterministic_and_never_shrinks_with_more_fa
     assert 0 <= ns <= cap_s * 1e9 + 1
     assert ns == policy.backoff_ns(failures, error_class, latency_ns, base, cap, seed)
     assert policy.backoff_ns(failures + 1, error_class, latency_ns, base, cap, seed) >= ns
+
+
+# -- totals, signers and signal rules (issue 19) ---------------------------------------------------
+
+OPS_KEY = "AB" * 32  # a public key as a policy may write it (any case)
+OPS_KEY_ID = key_id_of(bytes.fromhex(OPS_KEY))
+
+
+def test_a_policy_sets_the_totals_signers_and_signal_rules_it_names() -> None:
+    policy = Policy.parse(
+        f"""
+        [accept]
+        signers = ["0123456789ABCDEF", "{OPS_KEY}"]
+        [limits]
+        max_depth = 4
+        max_descendants = 50
+        max_state_bytes = 4096
+        [signals]
+        max_inbox = 10
+        batch = 2
+        unsigned = true
+        rules = [
+          {{ name = "approve", objects = ["payments"], senders = ["ops", "{OPS_KEY}"] }},
+          {{ name = "*", objects = ["*"], senders = ["admin"] }},
+        ]
+        """
+    )
+    # Signers are kept as key ids, the form an entry names its signer in.
+    assert policy.accept_signers == {"0123456789abcdef", OPS_KEY_ID}
+    assert (policy.max_depth, policy.max_descendants, policy.max_state_bytes) == (4, 50, 4096)
+    assert (policy.max_inbox, policy.signal_batch, policy.accept_unsigned_signals) == (10, 2, True)
+    approve = SignalRule("approve", frozenset({"payments"}), frozenset({"ops", OPS_KEY.lower()}))
+    assert policy.signal_rules == (approve, SignalRule("*", frozenset({"*"}), frozenset({"admin"})))
+    assert (approve.scopes, approve.keys, approve.key_ids) == ({"ops"}, {OPS_KEY.lower()}, {OPS_KEY_ID})
+
+
+def test_the_first_signal_rule_that_matches_the_name_and_the_receiving_scope_names_the_senders() -> None:
+    policy = Policy.parse(
+        '[signals]\nrules = [{ name = "approve", objects = ["payments"], senders = ["ops"] },\n'
+        '  { name = "approve", objects = ["*"], senders = ["leads"] },\n'
+        '  { name = "*", objects = ["payments"], senders = ["payments-team"] }]'
+    )
+    assert policy.signal_senders("approve", "payments") == {"ops"}
+    assert policy.signal_senders("approve", "reports") == {"leads"}
+    assert policy.signal_senders("note", "payments") == {"payments-team"}
+    assert policy.signal_rule("note", "payments") == policy.signal_rules[2]
+    # No rule: None, and the default applies (a key trusted for the object's scope).
+    assert policy.signal_senders("note", "reports") is None
+    assert Policy().signal_senders("approve", "payments") is None
+
+
+def test_a_node_accepts_only_objects_whose_entry_0_a_listed_key_signed() -> None:
+    only_ops = Policy(accept_signers=frozenset({OPS_KEY_ID}))
+    assert only_ops.accepts(Intent("pay"), Context(), signer=OPS_KEY_ID) is None
+    assert only_ops.accepts(Intent("pay"), Context(), signer="0123456789abcdef") == (
+        "signer key 0123456789abcdef is not accepted")
+    assert only_ops.accepts(Intent("pay"), Context()) == "signer key None is not accepted"
+    # The default ("*") accepts any signer, and callers that pass none still work.
+    assert Policy().accepts(Intent("pay"), Context()) is None
+    assert Policy().accepts(Intent("pay"), Context(), signer="0123456789abcdef") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[limits]\nmax_depth = -1", r"\[limits\] max_depth must be between 0"),
+        ("[limits]\nmax_descendants = 1.5", r"\[limits\] max_descendants must be an integer"),
+        ("[limits]\nmax_state_bytes = 0", r"\[limits\] max_state_bytes must be between 1"),
+        ("[signals]\nmax_inbox = 0", r"\[signals\] max_inbox must be between 1"),
+        ('[signals]\nbatch = "all"', r"\[signals\] batch must be an integer"),
+        ("[signals]\nunsigned = 1", r"\[signals\] unsigned must be true or false"),
+        ("[signals]\nsigned = true", r"unknown key\(s\) in \[signals\]: signed"),
+        ("signals = 3", r"\[signals\] must be a table"),
+        ('[signals]\nrules = { name = "x" }', r"\[signals\] rules must be an array of tables"),
+        ('[signals]\nrules = ["approve"]', r"\[signals\] rules\[0\] must be a table"),
+        ('[signals]\nrules = [{ name = "approve", objects = ["*"] }]',
+         r"rules\[0\] must have exactly the keys name, objects and senders \(missing senders\)"),
+        ('[signals]\nrules = [{ name = "a", objects = ["*"], senders = ["x"], who = 1 }]',
+         r"rules\[0\] must have exactly the keys name, objects and senders \(unknown who\)"),
+        ('[signals]\nrules = [{ name = "", objects = ["*"], senders = ["ops"] }]',
+         r"rules\[0\] name must be a non-empty"),
+        ('[signals]\nrules = [{ name = "a", objects = "*", senders = ["ops"] }]',
+         r"rules\[0\] objects must be a list of non-empty strings"),
+        ('[signals]\nrules = [{ name = "a", objects = ["*"], senders = [] }, 5]', r"rules\[1\] must be a table"),
+        ('[accept]\nsigners = ["alice"]', r"\[accept\] signers: 'alice' is neither"),
+        ("[accept]\nsigners = [1]", r"\[accept\] signers must be a list of non-empty strings"),
+    ],
+)
+def test_an_invalid_total_signer_or_signal_setting_is_one_clear_policy_error(text: str, message: str) -> None:
+    with pytest.raises(PolicyError, match=message) as info:
+        Policy.parse(text, source="my.toml")
+    assert str(info.value).startswith("my.toml: ")
+
+
+def test_the_strict_example_policy_is_stricter_than_the_default_on_every_total() -> None:
+    strict, default = load_policy(REPO / "policies" / "strict.toml"), default_policy()
+    for name in ("max_depth", "max_descendants", "max_state_bytes", "max_inbox", "signal_batch"):
+        assert getattr(strict, name) < getattr(default, name), name
+    assert strict.signal_senders("approve", "internal") == {"ops"}

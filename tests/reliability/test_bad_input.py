@@ -417,15 +417,23 @@ def test_garbage_inbox_payloads_and_results_are_coped_with(sqlite_url: str, runn
     async def go() -> None:
         await peo.Node(sqlite_url, APP, idle_horizon=0).run_until_idle()
         async with peo.Client(sqlite_url) as client:
-            # A corrupt payload is delivered as None; the object still finishes.
-            assert await client.wait(waiter, timeout=5) == {"n": 1, "payloads": [None] * 4}
+            # Rows written behind peo's back carry no seal: each is refused (once, visibly),
+            # whatever its bytes, and the object keeps waiting; a signed signal still ends it.
+            refused = await client.store.refused(waiter)
+            assert len(refused) == 4 and all(r.reason.startswith("unsigned") for r in refused)
+            assert (await client.get(waiter, memory=False)).status is peo.Status.DORMANT
+            await client.signal(waiter, "go", "signed")
+            await peo.Node(sqlite_url, APP, idle_horizon=0).run_until_idle()
+            assert await client.wait(waiter, timeout=5) == {"n": 1, "payloads": ["signed"]}
             assert await client.verify(waiter) == 5
-            info = await client.get(done)  # a corrupt cached result reads as None
-            assert info.status is peo.Status.TERMINATED and info.result is None
-            with pytest.raises(CodecError):
-                await client.wait(done, timeout=5)
-            with pytest.raises(IntegrityError, match="cached result"):  # the memory itself is intact
-                await client.verify(done)
+            # A corrupt cached result is never read: the reader flags the object, and
+            # peo resume rebuilds the row from the chain.
+            with pytest.raises(IntegrityError, match="cached result"):
+                await client.get(done)
+            assert (await client.get(done, memory=False)).status is peo.Status.QUARANTINED
+            await client.resume(done)
+            assert await client.wait(done, timeout=5) == {"n": 1, "payloads": [None]}
+            assert await client.verify(done) == 5
 
     runner.run(go())
 
@@ -439,8 +447,11 @@ def test_text_where_the_store_expects_blobs_reads_as_corrupt_not_a_crash(
 
     async def go() -> None:
         async with peo.Client(sqlite_url) as client:
-            info = await client.get(oid)  # shows the object; the corrupt cached result reads as None
-            assert info.result is None
+            # Not a crash, and never read as a result: the reader refuses and flags the object.
+            with pytest.raises(IntegrityError):
+                await client.get(oid)
+            info = await client.get(oid)
+            assert info.status is peo.Status.QUARANTINED and info.result is None
             with pytest.raises(IntegrityError):
                 await client.verify(oid)
 

@@ -358,7 +358,6 @@ def test_tampering_is_detected_by_verify_and_quarantined_by_a_node(tmp_path: Pat
             assert info.value.seq == expect
             assert info.value.object_id == w.victim
             assert await client.verify(w.bystander) == LAST + 1
-            await client.get(w.victim)  # reading a tampered object still works (unverified)
 
     asyncio.run(check_client())
 
@@ -377,6 +376,10 @@ def test_tampering_is_detected_by_verify_and_quarantined_by_a_node(tmp_path: Pat
             assert await client.verify(w.bystander) == LAST + 3  # reentry + terminate
             with pytest.raises(peo.ObjectFailedError, match="quarantined"):
                 await client.wait(w.victim, timeout=5)
+            # Reading a quarantined object still works: it reads as quarantined (its memory
+            # decoded, not verified). Before the node got to it, a read held the row to the
+            # signed head (tests/reliability/test_signed_reads.py).
+            assert (await client.get(w.victim)).status is peo.Status.QUARANTINED
 
     asyncio.run(bystander_finished())
 
@@ -450,10 +453,12 @@ def test_verify_catches_a_forged_result_in_the_object_row(tmp_path: Path) -> Non
 
     async def go() -> None:
         async with peo.Client(w.url) as client:
-            # wait() reads the cached head (it does not verify); verify() sees the forgery
-            assert await client.wait(w.bystander, timeout=5) == {"n": 999}
+            # verify() sees the forgery; so does wait(), which takes the result from the
+            # signed terminate entry and never returns the row's
             with pytest.raises(IntegrityError, match="cached result"):
                 await client.verify(w.bystander)
+            with pytest.raises(IntegrityError, match="cached result"):
+                await client.wait(w.bystander, timeout=5)
 
     asyncio.run(go())
 

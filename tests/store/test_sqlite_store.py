@@ -38,7 +38,7 @@ def table_sql(path: str, name: str) -> str:
 def downgrade_to_version_2(path: str) -> None:
     """Rewrite a store into exactly the layout migrations 1 and 2 produced (entries keyed by
     (object_id, seq) WITHOUT ROWID, a status index, no claim index, no nodes table, no labels
-    column), keeping its rows."""
+    column, no seals, refused signals or roots), keeping its rows."""
     with sqlite3.connect(path, isolation_level=None) as db:
         db.executescript(
             """
@@ -54,6 +54,11 @@ def downgrade_to_version_2(path: str) -> None:
             CREATE INDEX objects_status ON objects (status);
             DROP TABLE IF EXISTS nodes;
             ALTER TABLE objects DROP COLUMN labels;
+            DROP INDEX inbox_object_name;
+            ALTER TABLE inbox DROP COLUMN seal;
+            DROP TABLE refused_signals;
+            DROP INDEX objects_root;
+            ALTER TABLE objects DROP COLUMN root;
             DELETE FROM peo_schema WHERE version > 2;
             COMMIT;
             """
@@ -74,12 +79,21 @@ async def test_a_store_from_schema_version_2_is_upgraded_with_its_memories_intac
 
     async with peo.Client(sqlite_url) as client:
         assert "WITHOUT ROWID" not in table_sql(path, "entries")
+        [old] = await client.store.inbox(waiting)  # kept, without the seal version 2 had no room for
+        assert (old.name, old.payload, old.seal) == ("go", "upgraded", None)
         assert await client.verify(done) == 5  # instantiate, three steps, terminate
         assert await client.wait(done, timeout=5) == 3
         third = await client.submit("count")
     await peo.Node(sqlite_url, app, node_id="new").run_until_idle()
     async with peo.Client(sqlite_url) as client:
         assert await client.wait(third, timeout=5) == 3
+        # An unsealed signal is refused (the default policy), visibly; the object still waits.
+        assert [r.id for r in await client.store.refused(waiting)] == [old.id]
+        assert await client.store.inbox(waiting) == []
+        assert (await client.store.get(waiting)).status == "dormant"
+        await client.signal(waiting, "go", "upgraded")
+    await peo.Node(sqlite_url, app, node_id="new").run_until_idle()
+    async with peo.Client(sqlite_url) as client:
         assert await client.wait(waiting, timeout=5) == "upgraded"
         for oid in (done, waiting, third):
             await client.verify(oid)  # raises if a chain does not verify

@@ -30,6 +30,7 @@ def conclude(
     child_ids: Sequence[str] = (),
     traceback: str | None = None,
     retry: Retry | None = None,
+    descendants: int | None = None,
 ) -> Decision:
     """Turn a handler's proposal (or the exception it raised) into one Decision (pure).
 
@@ -38,7 +39,10 @@ def conclude(
     draws no randomness of its own; ``traceback`` is the formatted traceback of an
     exception the handler raised (the node formats it: the core reads no source files);
     ``retry`` is the handler's :class:`~peo.core.model.Retry`, used for each setting the
-    intent's constraints leave unset (and the policy for what neither sets).
+    intent's constraints leave unset (and the policy for what neither sets);
+    ``descendants`` is how many objects are already under the object's root (those whose
+    context names it as their ``root``, the root itself not counted), counted by the node:
+    given, a Delegate that would take it past the policy's ``max_descendants`` is refused.
     The proposal's kind picks its function from
     :data:`~.proposals.PROPOSALS`; the result is checked against that row and the
     transition table.
@@ -49,7 +53,8 @@ def conclude(
         base["signals"] = signals_out(signals)
         ids = tuple(s.id for s in signals if s.id)
         consumed = (Consume(ids),) if ids else ()
-    turn = Turn(fold, policy, now, latency_ns, tuple(signals), tuple(child_ids), base, consumed, retry)
+    turn = Turn(fold, policy, now, latency_ns, tuple(signals), tuple(child_ids), base, consumed, retry,
+                descendants)
     rule = rule_for(proposal)
     decision = _conclude(turn, proposal, rule, traceback)
     if decision.action not in (rule.allowed if rule is not None else _FAILURE_ACTIONS):
@@ -86,5 +91,25 @@ def _conclude(t: Turn, proposal: object, rule: Rule | None, traceback: str | Non
         if problem:
             return t.invalid(problem)
         if state:
+            problem = _state_total_problem(t.fold, t.policy, state)
+            if problem:
+                return t.cut_off(problem)
             t.base["state"] = state
     return rule.conclude(t, proposal)
+
+
+def _state_total_problem(fold: Fold, policy: Policy, update: dict[str, Any]) -> str | None:
+    """Why ``update`` may not grow the object's folded state, if so.
+
+    An update is at most ``max_payload_bytes``, so while the fold's bound of the state's
+    size is at least that far below the ceiling nothing is measured (the common case costs
+    nothing). An update that
+    keeps an object already above the ceiling (say the policy was lowered) from growing
+    is let through: it could only help.
+    """
+    if fold.state_bound + policy.max_payload_bytes <= policy.max_state_bytes:
+        return None
+    after = fold.state_bytes_after(update)
+    if after <= policy.max_state_bytes or after <= fold.state_bytes:
+        return None
+    return f"the state would grow to {after} bytes, above the limit of {policy.max_state_bytes}"

@@ -16,6 +16,7 @@ import attrs
 
 from ...errors import InternalError
 from ..model import Action, Context, Intent, Signal, Status
+from ..signals import recorded
 from ..wake import Wake
 
 __all__ = [
@@ -129,8 +130,10 @@ RUN_HANDLER: Final = _RunHandler()
 
 
 def signals_out(signals: Sequence[Signal]) -> list[dict[str, Any]]:
-    """Signals as an entry records them."""
-    return [{"id": s.id, "name": s.name, "payload": s.payload} for s in signals]
+    """Signals as an entry records them: as received, with the seal of a signed one, so a
+    verifier re-checks who sent it (:func:`peo.core.signals.recorded`)."""
+    return [recorded(s) if s.seal is not None else {"id": s.id, "name": s.name, "payload": s.payload}
+            for s in signals]
 
 
 def check_allowed(before: Status, decision: Decision) -> Decision:

@@ -69,7 +69,8 @@ def _decide(fold: Fold, policy: Policy, now: int, signals: Sequence[Signal],
             return Release(wake.until)
         delivered = [s for s in signals if s.name == wake.signal] if woken is Trigger.SIGNAL else []
         return reentry(woken, delivered)
+    # The policy's max_steps is a ceiling, not a default: an object may ask for fewer.
     max_steps = fold.intent.constraints.max_steps
-    if fold.steps >= (policy.max_steps if max_steps is None else max_steps):
+    if fold.steps >= (policy.max_steps if max_steps is None else min(max_steps, policy.max_steps)):
         return terminate("step budget exhausted (policy cut-off)")
     return RUN_HANDLER

@@ -95,19 +95,42 @@ def _delegate(t: Turn, p: Delegate) -> Decision:
         return t.refuse("Delegate", "no children given")
     if len(intents) > t.policy.max_children:
         return t.refuse("Delegate", f"{len(intents)} children exceed the limit of {t.policy.max_children}")
+    problem = _lineage_problem(t, len(intents))
+    if problem:
+        return t.refuse("Delegate", problem)
     if len(t.child_ids) < len(intents):
         raise ValueError("conclude() needs one fresh id per child")
+    oid, context = t.fold.object_id, t.fold.context
+    # Children inherit the context, one level deeper in the tree of the same root.
+    inherited = attrs.evolve(context, parent=oid, root=context.root or oid, depth=context.depth + 1)
     children = []
     for intent, cid in zip(intents, t.child_ids, strict=False):
         problem = _child_problem(t, intent)
         if problem:
             return t.refuse("Delegate", problem)
-        children.append(Child(cid, intent, attrs.evolve(t.fold.context, parent=t.fold.object_id)))
+        children.append(Child(cid, intent, inherited))
     outcome = {**t.base, "status": "ok", "wait": p.wait,
                "children": [{"id": c.id, "intent": unstructure(c.intent)} for c in children]}
     # A waiting parent records "wait", not a "wake": its wake-up is its children's end.
     status, wake = (Status.DORMANT, Wake(children=True)) if p.wait else (Status.RUNNABLE, None)
     return Decision(Action.DELEGATE, outcome, status, wake, (*t.consumed, Spawn(tuple(children))))
+
+
+def _lineage_problem(t: Turn, count: int) -> str | None:
+    """Would ``count`` more children take the object's tree past the policy's totals?
+
+    Refused, not ended: the handler may do the work itself instead (and repeated refusals
+    fail the object at its failure threshold).
+    """
+    policy, context = t.policy, t.fold.context
+    depth = context.depth + 1
+    if depth > policy.max_depth:
+        return f"its children would be {depth} delegations deep, deeper than the limit of {policy.max_depth}"
+    if t.descendants is not None and t.descendants + count > policy.max_descendants:
+        root = context.root or t.fold.object_id
+        return (f"{count} more objects would make {t.descendants + count} under root {root},"
+                f" more than the limit of {policy.max_descendants}")
+    return None
 
 
 def _child_problem(t: Turn, intent: Any) -> str | None:
@@ -151,7 +174,13 @@ def _refine(t: Turn, p: Refine) -> Decision:
 
 
 def _relaxes(old: Constraints, new: Constraints) -> str | None:
-    """Name the first constraint that ``new`` makes looser than ``old``, if any."""
+    """Name the first constraint that ``new`` makes looser than ``old``, if any.
+
+    Above the policy's ceiling, a looser value changes nothing (the cycle uses the smaller
+    of the two), but it is still refused: the record would promise what the node won't do.
+    ``retry_base`` and ``retry_max`` are pacing, not limits: a longer delay retries less
+    often, never more, and the policy caps every delay at its own ``retry_max``.
+    """
     def looser(a: float | None, b: float | None) -> bool:
         return (b is None and a is not None) or (a is not None and b is not None and b > a)
 

@@ -29,7 +29,8 @@ class Turn:
     outcome fields every resulting entry starts with (``base``: latency, the signals
     delivered, and the state update once it is known to be valid). ``consumed`` is the
     effect that consumes the signals delivered to this step (empty if none). ``retry`` is
-    the handler's :class:`~peo.core.model.Retry`, if it has one.
+    the handler's :class:`~peo.core.model.Retry`, if it has one. ``descendants`` is how
+    many objects the object's root already has under it (None: not counted by the caller).
 
     Made once per step on the hot path, and only read after it is made: a plain slotted
     class, because a frozen one costs a microsecond more to build.
@@ -44,6 +45,7 @@ class Turn:
     base: dict[str, Any]
     consumed: tuple[Effect, ...] = ()
     retry: Retry | None = None  # the handler's retry settings, between the intent's and the policy's
+    descendants: int | None = None
 
     def decide(self, action: Action, after: Status, wake: Wake | None = None, *,
                effects: tuple[Effect, ...] = (), **extra: Any) -> Decision:
@@ -87,8 +89,9 @@ class Turn:
             extra["state"] = state
         fold, policy, c, r = self.fold, self.policy, self.fold.intent.constraints, self.retry or _NO_RETRY
         failures = fold.consecutive_failures + 1
-        # Each setting: the intent's constraints, then the handler's Retry, then the policy.
-        threshold = _first(c.max_failures, r.max_attempts, policy.max_failures)
+        # Each setting: the intent's constraints, then the handler's Retry, then the policy;
+        # the policy's is also the ceiling (and backoff_ns caps the delay at its retry_max).
+        threshold = min(_first(c.max_failures, r.max_attempts, policy.max_failures), policy.max_failures)
         if not retryable or failures >= threshold:
             why = "failure threshold exceeded" if retryable else "non-retryable failure"
             return attrs.evolve(terminate(f"failed: {why}", **extra), effects=self.consumed)
@@ -118,6 +121,16 @@ class Turn:
 
     def invalid(self, problem: str) -> Decision:
         return self.fail("invalid", problem, retryable=True, kind="invalid")
+
+    def cut_off(self, problem: str) -> Decision:
+        """The proposal would take the object past one of the policy's totals: end it, the
+        proposal refused and not carried out (nor its state update). Not retried, because
+        the next attempt would meet the same total."""
+        error = {"class": "refused", "message": f"refused by policy {self.policy.name}: {problem}"[:2000],
+                 "retryable": False}
+        extra = {k: v for k, v in self.base.items() if k != "state"}
+        ending = terminate(f"failed: {problem} (policy cut-off)", **extra, status="refused", error=error)
+        return attrs.evolve(ending, effects=self.consumed)
 
 
 _NO_RETRY = Retry()

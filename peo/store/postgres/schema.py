@@ -72,6 +72,24 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE {s}.objects ADD COLUMN labels TEXT NOT NULL DEFAULT '';
     """,
+    # 4: signed signals and lineage totals (issue 19): the inbox keeps each signal's seal
+    # and is read by name; refused signals; each object's root. See the SQLite store's 7.
+    """
+    ALTER TABLE {s}.inbox ADD COLUMN seal BYTEA;
+    CREATE INDEX inbox_object_name ON {s}.inbox (object_id, name, id);
+    CREATE TABLE {s}.refused_signals (
+        id BIGINT NOT NULL,
+        object_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        sender TEXT,
+        refused_at BIGINT NOT NULL,
+        created_at BIGINT NOT NULL
+    );
+    CREATE INDEX refused_signals_object ON {s}.refused_signals (object_id, refused_at, id);
+    ALTER TABLE {s}.objects ADD COLUMN root TEXT;
+    CREATE INDEX objects_root ON {s}.objects (root) WHERE root IS NOT NULL;
+    """,
 ]
 
 

@@ -7,6 +7,9 @@ same as the SQLite store's.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from .. import sql
 
 __all__ = [
@@ -17,8 +20,10 @@ __all__ = [
     "INSERT_ENTRY",
     "INSERT_OBJECT",
     "LOCK",
+    "PRUNE_REFUSED",
     "QUARANTINE",
     "READS",
+    "REFUSE",
     "RELEASE",
     "SIGNAL",
     "WAKE_PARENT",
@@ -27,7 +32,7 @@ __all__ = [
 # The SQL type of each parameter the shared templates name.
 _TYPES = {
     "id": "text", "handler": "text", "scope": "text", "identity": "text", "parent": "text", "status": "text",
-    "wait_signal": "text", "reason": "text", "name": "text", "labels": "text",
+    "wait_signal": "text", "reason": "text", "name": "text", "labels": "text", "root": "text",
     "priority": "bigint", "seq": "bigint", "prev_seq": "bigint", "due": "bigint", "now": "bigint",
     "consumed": "bigint", "token": "bigint",
     "hash": "bytea", "body": "bytea", "sig": "bytea", "result": "bytea",
@@ -49,6 +54,20 @@ WAKE_PARENT = sql.wake_parent.render(_typed) + " RETURNING id"
 IMPORT_HEAD = sql.import_head.render(_typed)
 
 DELETE_CONSUMED = "DELETE FROM inbox WHERE object_id = $1 AND id = ANY($2::bigint[])"
+PRUNE_REFUSED = sql.prune_refused.render(_typed)
+
+# Move refused signals out of the inbox: (object id, ids, reasons, senders, now) -> how many.
+REFUSE = f"""
+    WITH moved AS (
+        DELETE FROM inbox i USING unnest($2::bigint[], $3::text[], $4::text[]) AS r(id, reason, sender)
+        WHERE i.object_id = $1::text AND i.id = r.id
+        RETURNING i.id, i.name, r.reason, r.sender, i.created_at
+    ), kept AS (
+        INSERT INTO refused_signals (id, object_id, name, reason, sender, refused_at, created_at)
+        SELECT id, $1::text, substr(name, 1, {sql.NAME_KEPT}), reason, sender, $5::bigint, created_at FROM moved
+    )
+    SELECT count(*) FROM moved
+"""
 
 # Lock the object rows a write is about to decide from, in id order (one fixed order for
 # every multi-row locker, so two transactions never wait for each other in a cycle).
@@ -85,7 +104,7 @@ CLAIM = f"""
     UPDATE objects o SET lease_owner = $6, lease_token = t.token, lease_until = $7
     FROM ranked JOIN unnest($8::bigint[]) WITH ORDINALITY AS t(token, n) USING (n)
     WHERE o.id = ranked.id
-    RETURNING o.id, o.lease_token, o.seq, o.inbox, o.head, ranked.n
+    RETURNING o.id, o.lease_token, ranked.n, {", ".join("o." + c.strip() for c in sql.CLAIM_COLUMNS.split(","))}
 """
 
 
@@ -104,7 +123,11 @@ def _contains(text: str, part: str) -> str:
     return f"strpos({text}, {part}::text) > 0"
 
 
+def _one_of(column: str, values: list[str], arg: Callable[[Any], str]) -> str:
+    return f"{column} = ANY({arg(values)}::text[])"
+
+
 READS = sql.Reads(
-    _numbered, entries_of=_entries_of, contains=_contains,
+    _numbered, entries_of=_entries_of, contains=_contains, one_of=_one_of,
     next_due=f"SELECT min(due_at) FROM objects WHERE due_at IS NOT NULL AND status IN ({sql.LIVE})",
 )

@@ -19,7 +19,7 @@ from ...core.head import Head
 from ...core.model import CANCEL_SIGNAL, LIVE_STATUSES, Entry
 from ...errors import NotFoundError, StoreError
 from .. import sql
-from ..base import AppendItem, Claim, NewObject
+from ..base import AppendItem, Claim, NewObject, SignalRefusalLike
 from ..fleet import FleetQueries
 from .connection import Conn
 from .notify import Notifications
@@ -31,8 +31,10 @@ from .statements import (
     INSERT_ENTRY,
     INSERT_OBJECT,
     LOCK,
+    PRUNE_REFUSED,
     QUARANTINE,
     READS,
+    REFUSE,
     RELEASE,
     SIGNAL,
     WAKE_PARENT,
@@ -73,7 +75,7 @@ class PostgresStore(Notifications, FleetQueries, sql.SQLStore):
 
         async def body(conn: Conn) -> list[Claim]:
             rows = await conn.fetch(CLAIM, *args)
-            return [Claim(r[0], r[1], r[2], r[3], bytes(r[4])) for r in sorted(rows, key=lambda r: r[5])]
+            return [sql.claim_of(r[0], r[1], r[3:]) for r in sorted(rows, key=lambda r: r[2])]
 
         return await self._write(body)
 
@@ -158,7 +160,8 @@ class PostgresStore(Notifications, FleetQueries, sql.SQLStore):
 
         await self._write(body)
 
-    async def signal(self, object_id: str, name: str, payload: Any, *, now: int) -> int:
+    async def signal(self, object_id: str, name: str, payload: Any, *, now: int, seal: bytes | None = None,
+                     max_inbox: int | None = None) -> int:
         blob = packb(payload)
 
         async def body(conn: Conn) -> int:
@@ -166,20 +169,43 @@ class PostgresStore(Notifications, FleetQueries, sql.SQLStore):
             # the object sleeps (see LOCK); it also tells us whether the object exists.
             if not await conn.fetch(LOCK, [object_id]):
                 raise NotFoundError(f"no object {object_id}")
-            # Read under the row lock: no append can end the object before we commit.
-            sql.check_signal_target(object_id, await conn.fetchrow(sql.SIGNAL_TARGET.format("$1"), object_id))
-            if name == CANCEL_SIGNAL:
+            # Read under the row lock: no append can end the object (or change its inbox
+            # count) before we commit.
+            target = await conn.fetchrow(sql.SIGNAL_TARGET.format("$1"), object_id)
+            sql.check_signal_target(object_id, target)
+            if name == CANCEL_SIGNAL and seal is None:  # a sealed cancel is its own (see Store.signal)
                 pending = await conn.fetchval(sql.PENDING_CANCEL.format("$1"), object_id)
                 if pending is not None:
                     return int(pending)
+            sql.check_inbox_room(object_id, target, max_inbox)
             sid = await conn.fetchval(
-                "INSERT INTO inbox (object_id, name, payload, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
-                object_id, name, blob, now,
+                "INSERT INTO inbox (object_id, name, payload, created_at, seal) VALUES ($1, $2, $3, $4, $5)"
+                " RETURNING id",
+                object_id, name, blob, now, seal,
             )
             row = await conn.fetchrow(SIGNAL, object_id, name, now)
             if row is not None and row[0] in LIVE_STATUSES and sql.is_due(row[1], now):
                 await self._notify(conn)
             return int(sid)
+
+        return await self._write(body)
+
+    async def refuse_signals(self, object_id: str, refusals: Sequence[SignalRefusalLike], *, now: int) -> int:
+        rows = sql.refusal_rows(refusals)
+        if not rows:
+            return 0
+        ids, reasons, senders = (list(column) for column in zip(*rows, strict=True))
+
+        async def body(conn: Conn) -> int:
+            # Locked like an append (see LOCK): one consuming or refusing the same signals
+            # waits for the other, and the inbox count moves by what was really moved.
+            if not await conn.fetch(LOCK, [object_id]):
+                return 0
+            moved = int(await conn.fetchval(REFUSE, object_id, ids, reasons, senders, now))
+            if moved:
+                await conn.execute("UPDATE objects SET inbox = inbox - $2 WHERE id = $1", object_id, moved)
+                await conn.execute(PRUNE_REFUSED, object_id)
+            return moved
 
         return await self._write(body)
 

@@ -100,6 +100,29 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE objects ADD COLUMN labels TEXT NOT NULL DEFAULT '';
     """,
+    # 7: signed signals and lineage totals (issue 19). Each inbox row keeps the sender's
+    # signed envelope (its seal: NULL for a signal sent before signals were signed), and
+    # bounded reads of the inbox by name find an awaited signal among many others (the wake
+    # rules' EXISTS uses the same index). Refused signals move to a table of their own
+    # (the newest REFUSALS_KEPT per object). Each object records its top-level ancestor
+    # (root), so that the objects under one root are counted by an index: objects created
+    # before this record none and count as top-level.
+    """
+    ALTER TABLE inbox ADD COLUMN seal BLOB;
+    CREATE INDEX inbox_object_name ON inbox (object_id, name, id);
+    CREATE TABLE refused_signals (
+        id INTEGER NOT NULL,
+        object_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        sender TEXT,
+        refused_at INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX refused_signals_object ON refused_signals (object_id, refused_at, id);
+    ALTER TABLE objects ADD COLUMN root TEXT;
+    CREATE INDEX objects_root ON objects (root) WHERE root IS NOT NULL;
+    """,
 ]
 
 

@@ -6,6 +6,9 @@ with SQLite's numbered placeholders (``?3``); they bind the tuples built there.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from .. import sql
 
 __all__ = [
@@ -14,6 +17,7 @@ __all__ = [
     "IMPORT_HEAD",
     "INSERT_ENTRY",
     "INSERT_OBJECT",
+    "PRUNE_REFUSED",
     "QUARANTINE",
     "READS",
     "RELEASE",
@@ -38,6 +42,7 @@ SIGNAL = sql.signal_wake.render(_numbered)
 QUARANTINE = sql.quarantine.render(_numbered)
 WAKE_PARENT = sql.wake_parent.render(_numbered)
 IMPORT_HEAD = sql.import_head.render(_numbered)
+PRUNE_REFUSED = sql.prune_refused.render(_numbered)
 DELETE_CONSUMED = "DELETE FROM inbox WHERE id = ? AND object_id = ?"
 
 # INDEXED BY: without statistics SQLite may walk the table instead. objects_due holds only
@@ -53,7 +58,12 @@ def _contains(text: str, part: str) -> str:
     return f"instr({text}, {part}) > 0"
 
 
-READS = sql.Reads(_positional, entries_of=_entries_of, contains=_contains, next_due=(
+def _one_of(column: str, values: list[str], arg: Callable[[Any], str]) -> str:
+    return f"{column} IN ({', '.join(arg(v) for v in values)})"
+
+
+READS = sql.Reads(_positional, entries_of=_entries_of, contains=_contains, one_of=_one_of,
+                  inbox_by_name="inbox INDEXED BY inbox_object_name", next_due=(
     "SELECT due_at FROM objects INDEXED BY objects_due WHERE due_at IS NOT NULL"
     f" AND status IN ({sql.LIVE}) ORDER BY due_at LIMIT 1"
 ))

@@ -16,7 +16,7 @@ from ...core.codec import packb
 from ...core.head import Head
 from ...core.model import CANCEL_SIGNAL, Entry
 from .. import sql
-from ..base import AppendItem, Claim, NewObject
+from ..base import AppendItem, Claim, NewObject, SignalRefusalLike
 from ..fleet import FleetQueries
 from .connection import Connections
 from .statements import (
@@ -25,6 +25,7 @@ from .statements import (
     IMPORT_HEAD,
     INSERT_ENTRY,
     INSERT_OBJECT,
+    PRUNE_REFUSED,
     QUARANTINE,
     READS,
     RELEASE,
@@ -106,11 +107,11 @@ class SQLiteStore(Connections, FleetQueries, sql.SQLStore):
                 row = conn.execute(
                     "UPDATE objects SET lease_owner = ?, lease_token = ?, lease_until = ?"
                     " WHERE id = ? AND due_at <= ? AND (lease_until IS NULL OR lease_until < ?)"
-                    f" AND status IN ({sql.LIVE}) RETURNING seq, inbox, head",
+                    f" AND status IN ({sql.LIVE}) RETURNING {sql.CLAIM_COLUMNS}",
                     (owner, token, until, oid, now, now),
                 ).fetchone()
                 if row is not None:
-                    claims.append(Claim(oid, token, row[0], row[1], sql.blob(row[2]) or b""))
+                    claims.append(sql.claim_of(oid, token, row))
             return claims
 
         return await self._write(body)
@@ -154,22 +155,50 @@ class SQLiteStore(Connections, FleetQueries, sql.SQLStore):
 
         await self._write(body)
 
-    async def signal(self, object_id: str, name: str, payload: Any, *, now: int) -> int:
+    async def signal(self, object_id: str, name: str, payload: Any, *, now: int, seal: bytes | None = None,
+                     max_inbox: int | None = None) -> int:
         blob = packb(payload)
 
         def body(conn: sqlite3.Connection) -> int:
             # Under BEGIN IMMEDIATE: no append can end the object between this check and the insert.
-            sql.check_signal_target(object_id, conn.execute(sql.SIGNAL_TARGET.format("?"), (object_id,)).fetchone())
-            if name == CANCEL_SIGNAL:
+            target = conn.execute(sql.SIGNAL_TARGET.format("?"), (object_id,)).fetchone()
+            sql.check_signal_target(object_id, target)
+            if name == CANCEL_SIGNAL and seal is None:  # a sealed cancel is its own (see Store.signal)
                 pending = conn.execute(sql.PENDING_CANCEL.format("?"), (object_id,)).fetchone()
                 if pending is not None:
                     return int(pending[0])
+            sql.check_inbox_room(object_id, target, max_inbox)
             sid = conn.execute(
-                "INSERT INTO inbox (object_id, name, payload, created_at) VALUES (?, ?, ?, ?) RETURNING id",
-                (object_id, name, blob, now),
+                "INSERT INTO inbox (object_id, name, payload, created_at, seal) VALUES (?, ?, ?, ?, ?) RETURNING id",
+                (object_id, name, blob, now, seal),
             ).fetchone()[0]
             conn.execute(SIGNAL, (object_id, name, now))
             return int(sid)
+
+        return await self._write(body)
+
+    async def refuse_signals(self, object_id: str, refusals: Sequence[SignalRefusalLike], *, now: int) -> int:
+        rows = sql.refusal_rows(refusals)
+        if not rows:
+            return 0
+
+        def body(conn: sqlite3.Connection) -> int:
+            moved = 0
+            for sid, reason, sender in rows:
+                found = conn.execute("DELETE FROM inbox WHERE id = ? AND object_id = ? RETURNING name, created_at",
+                                     (sid, object_id)).fetchone()
+                if found is None:
+                    continue  # consumed or refused already
+                conn.execute(
+                    "INSERT INTO refused_signals (id, object_id, name, reason, sender, refused_at, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (sid, object_id, str(found[0])[: sql.NAME_KEPT], reason, sender, now, found[1]),
+                )
+                moved += 1
+            if moved:
+                conn.execute("UPDATE objects SET inbox = inbox - ? WHERE id = ?", (moved, object_id))
+                conn.execute(PRUNE_REFUSED, (object_id,))
+            return moved
 
         return await self._write(body)
 
