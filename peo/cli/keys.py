@@ -20,6 +20,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
     from ..config import resolve_policy
     from ..core.crypto import key_id_of
 
+    if args.new is not None:
+        return _new_key(args.new, args.scope)
     policy = resolve_policy(args.policy)
     where = keys.locate(store_url(args))
     found, problems = keys.key_files(where.path)
@@ -67,6 +69,30 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _new_key(path: str, scope: str) -> int:
+    """``peo keys --new FILE``: a new signing key (an operator's, say), and how to trust it."""
+    from pathlib import Path
+
+    from .. import keys
+    from ..errors import UsageError
+
+    target = Path(path).expanduser()
+    if target.exists() or target.is_symlink():
+        raise UsageError(f"{target} exists: refusing to replace a key (choose another file)")
+    key = keys.generate()
+    try:
+        keys.save(key, target, overwrite=False)
+    except FileExistsError:
+        raise UsageError(f"{target} exists: refusing to replace a key (choose another file)") from None
+    print(f"created {clean(target)} (secret, 0600) and {clean(target)}.pub")
+    print(f"key id     {key.key_id}")
+    print(f"public key {key.public_key.hex()}")
+    print("trust it in the policy of every node and client of the deployment:")
+    print(f'  [trust]\n  keys = {{ "{key.public_key.hex()}" = ["{clean(scope)}"] }}')
+    print(f"then sign with it: peo signal ID NAME --key {clean(target)}")
+    return 0
+
+
 def _keys_parser(sub: Subparsers) -> None:
     sp = add_verb(sub, "keys", "list the deployment's keys and the scopes that trust them",
                   "List the signing keys in the deployment's key directory ($PEO_KEYS, else $PEO_HOME/keys, else "
@@ -74,7 +100,13 @@ def _keys_parser(sub: Subparsers) -> None:
                   "id, file, the trust scopes the policy trusts each for, and whether its secret is present. "
                   "Files peo refuses to use (malformed, a symlink, writable by others, a secret readable by "
                   "others...) are reported on stderr with how to fix them.",
-                  ["peo keys", "peo keys --json", "peo keys --policy policies/strict.toml"], cmd_keys)
+                  ["peo keys", "peo keys --json", "peo keys --policy policies/strict.toml",
+                   "peo keys --new ~/.peo-ops/ops.key --scope ops"], cmd_keys)
+    sp.add_argument("--new", metavar="FILE",
+                    help="create a new signing key in FILE (and FILE.pub) instead, e.g. an operator's, and print "
+                    "the policy line that trusts it; sign signals with it by `peo signal ... --key FILE`")
+    sp.add_argument("--scope", default="ops", metavar="SCOPE",
+                    help="with --new: the trust scope to show in the policy line (default: ops)")
     sp.add_argument("--policy", metavar="FILE", help="policy whose trust to show (default: the built-in policy)")
     sp.add_argument("--json", action="store_true", help="print JSON: the directory and one object per key")
 

@@ -67,7 +67,7 @@ async def cmd_signal(args: argparse.Namespace) -> int:
     if args.name == CANCEL_SIGNAL:
         fail(f"signal name {CANCEL_SIGNAL!r} is reserved: use `peo cancel {clean(args.id)}`")
     payload = parse_json(args.payload, "--payload") if args.payload is not None else None
-    async with open_client(args, create=False) as client:
+    async with open_client(args, create=False, key=args.key) as client:
         await client.signal(args.id, args.name, payload)  # ObjectTerminatedError: exit 1, nothing written
         info = await client.get(args.id, memory=False)
     if info.status is Status.QUARANTINED:
@@ -81,7 +81,7 @@ async def cmd_signal(args: argparse.Namespace) -> int:
 async def cmd_cancel(args: argparse.Namespace) -> int:
     from ..client.operator import CancelOutcome
 
-    async with open_client(args, create=False) as client:
+    async with open_client(args, create=False, key=args.key) as client:
         info = await client.get(args.id, memory=False)
         if info.status.is_final:
             print(f"peo: error: object {clean(args.id)} is already {info.status}: nothing to cancel", file=sys.stderr)
@@ -143,11 +143,17 @@ def _signal_parser(sub: Subparsers) -> None:
     sp = add_verb(sub, "signal", "send a named signal to an object",
                   "Put a signal with an optional JSON payload in the object's inbox; an object waiting for it wakes. "
                   "Exit 1 if the object has terminated (nothing is written); a quarantined object keeps the signal "
-                  "for when it is resumed. To cancel, use `peo cancel ID`.",
+                  "for when it is resumed. The signal is sealed with your client key (or --key FILE): a node "
+                  "delivers it only if its policy trusts that key for the object, and `peo show ID` lists a "
+                  "refused one with why. "
+                  "To cancel, use `peo cancel ID`.",
                   [f"peo signal {EXAMPLE_ID} approve --payload '{{\"approved\": true}}'"], cmd_signal)
     sp.add_argument("id", metavar="ID", type=text_arg("object id"))
     sp.add_argument("name", metavar="NAME", type=text_arg("signal name"))
     sp.add_argument("--payload", metavar="JSON", type=text_arg("--payload"), help="any JSON value, or @FILE")
+    sp.add_argument("--key", metavar="FILE", type=text_arg("--key"),
+                    help="sign the signal with this key file (e.g. an operator's, from `peo keys --new FILE`) "
+                    "instead of the deployment's client key; nodes deliver it only if their policy trusts it")
 
 
 def _cancel_parser(sub: Subparsers) -> None:
@@ -160,6 +166,8 @@ def _cancel_parser(sub: Subparsers) -> None:
     sp.add_argument("id", metavar="ID", type=text_arg("object id"))
     sp.add_argument("--force", action="store_true",
                     help="also take the object over from a node that still holds its lease (a dead node)")
+    sp.add_argument("--key", metavar="FILE", type=text_arg("--key"),
+                    help="sign the cancel (and a terminate entry written for it) with this key file")
 
 
 _PARSERS = {"submit": _submit_parser, "signal": _signal_parser, "cancel": _cancel_parser}

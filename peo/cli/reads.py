@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..core.model import Status
@@ -15,6 +15,7 @@ from .render import clean, compact, dumps, iso, jsonable, short_outcome, table, 
 
 if TYPE_CHECKING:
     from ..core.model import ObjectInfo, ObjectSummary
+    from ..store import RefusedSignal
     from .parser import Subparsers
 
 __all__ = ["cmd_ls", "cmd_show", "register"]
@@ -79,10 +80,14 @@ async def cmd_show(args: argparse.Namespace) -> int:
             print(f"peo: error: object {clean(args.id)} fails verification{where}: {clean(exc.reason)}",
                   file=sys.stderr)
             return 1
+        refused = await client.store.refused(args.id, limit=5)
     if args.json:
-        print(dumps(_show_doc(info)))
+        doc = _show_doc(info)
+        doc["refused_signals"] = [{"id": r.id, "name": r.name, "reason": r.reason, "sender": r.sender,
+                                   "refused_at": iso(r.refused_at)} for r in refused]
+        print(dumps(doc))
     else:
-        _show_text(info)
+        _show_text(info, refused)
     return 0
 
 
@@ -161,10 +166,17 @@ def _show_error(err: dict[str, Any]) -> None:
     print()
 
 
-def _show_text(info: ObjectInfo) -> None:
+def _show_text(info: ObjectInfo, refused: Sequence[RefusedSignal] = ()) -> None:
     for k, v in _show_head(info):
         print(f"{k:<9} {clean(v)}")
     print()
+    if refused:
+        # Signals the node would not deliver (unsigned, untrusted, replayed, too large): the
+        # object never saw them; they are listed so that a sender learns why.
+        for r in refused:
+            print(f"{'refused':<9} signal {clean(r.name, 60)} from {clean(r.sender or 'no key', 20)} at "
+                  f"{when(r.refused_at)}: {clean(r.reason, 200)}")
+        print()
     err = _last_error(info)
     if err is not None:
         _show_error(err)
@@ -204,13 +216,15 @@ def _show_parser(sub: Subparsers) -> None:
                   "traceback (if an entry recorded one) and one line per memory entry. Status, result and reason "
                   "are checked against the signed head entry (with the keys this set-up trusts): a stored head "
                   "that disagrees is refused (exit 1) and the object quarantined (`peo resume ID` repairs it). "
+                  "Signals a node refused to deliver (unsigned, untrusted, replayed, too large) are listed with why. "
                   "Memory is shown as stored; `peo verify ID` checks its signatures and hash links.",
                   [f"peo show {EXAMPLE_ID}", f"peo show {EXAMPLE_ID} --json | jq .memory[-1]"], cmd_show)
     sp.add_argument("id", metavar="ID", type=text_arg("object id"))
     sp.add_argument("--json", action="store_true",
                     help="{id,status,intent,context,result,reason,state,last_error,memory:[{seq,action,timestamp,"
-                    "...}]}; last_error is {seq,class,message,retryable,traceback} or null; "
-                    "bytes appear as hex strings")
+                    "...}],refused_signals:[{id,name,reason,sender,refused_at}]}; last_error is "
+                    "{seq,class,message,retryable,traceback} or null; refused_signals are the latest signals the "
+                    "node would not deliver (at most 5); bytes appear as hex strings")
     sp.add_argument("--policy", metavar="FILE", help="policy whose trusted keys to use")
 
 

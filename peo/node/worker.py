@@ -314,10 +314,16 @@ class Worker:
                 children = tuple(self._child(c, now) for c in effect.children)
         item = AppendItem(object_id=fold.object_id, token=held.token, entry=entry, head=head_of(fold, now=now),
                           consumed=consumed, children=children, release=fold.status is not Status.RUNNABLE,
-                          parent=parent)
+                          parent=parent, max_descendants=node.policy.max_descendants if children else None)
         left = await node.commits.commit(item)
         if left is not None:
             memory.append(entry)
+        elif children:
+            # Not written: another writer won the seq, or (while this step counted) other
+            # delegations filled the tree to the policy's total. Let go at once, so that
+            # the step runs again and counts again (fenced: a no-op if the lease is gone).
+            with contextlib.suppress(Exception):
+                await node.store.release(fold.object_id, held.token, due_at=now, now=node.clock())
         return left
 
     def _sign(self, fold: Fold, d: Decision) -> Entry:

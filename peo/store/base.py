@@ -160,6 +160,11 @@ class AppendItem:
     children: tuple[NewObject, ...] = ()
     release: bool = False  # drop the lease in the same transaction
     parent: str | None = None  # the object's parent, woken (if it waits for children) when this entry ends it
+    # With children: the most objects their root may have under it (the policy's
+    # max_descendants). Checked in the append's transaction, so concurrent delegations under
+    # one root, on any number of nodes, never take the tree past it: an item that would is
+    # not written (its result is None, as for a lost compare-and-swap).
+    max_descendants: int | None = None
 
 
 class Store(abc.ABC):

@@ -38,6 +38,7 @@ from .base import (
 __all__ = [
     "CLAIM_COLUMNS",
     "COLUMNS",
+    "COUNT_DESCENDANTS",
     "DROP_LEASE",
     "FINAL",
     "LIVE",
@@ -54,6 +55,7 @@ __all__ = [
     "check_inbox_room",
     "check_signal_target",
     "claim_of",
+    "descendants_root",
     "entry_values",
     "import_head",
     "import_values",
@@ -277,6 +279,17 @@ def parent_to_wake(item: AppendItem) -> str | None:
 
 def is_due(due_at: int | None, now: int) -> bool:
     return due_at is not None and due_at <= now
+
+
+#: How many objects name one root (the descendants of a top-level object).
+COUNT_DESCENDANTS = "SELECT count(*) FROM objects WHERE root = {}"
+
+
+def descendants_root(item: AppendItem) -> str | None:
+    """The root whose descendants an append with children must count, if it is bounded."""
+    if not item.children or item.max_descendants is None:
+        return None
+    return item.children[0].root
 
 
 def check_signal_target(object_id: str, row: Sequence[Any] | None) -> None:
@@ -507,7 +520,7 @@ class Reads:
                              f" AND (seq = 0 OR seq = {param(2)})")
         self.refused = (f"SELECT id, name, reason, sender, refused_at, created_at FROM refused_signals"
                         f" WHERE object_id = {param(1)} ORDER BY refused_at DESC, id DESC LIMIT {param(2)}")
-        self.count_descendants = f"SELECT count(*) FROM objects WHERE root = {param(1)}"
+        self.count_descendants = COUNT_DESCENDANTS.format(param(1))
         self.next_due = next_due  # the earliest due time of a live object (each dialect's own plan)
 
     def inbox(self, object_id: str, limit: int | None, names: Collection[str] | None) -> tuple[str, list[Any]]:

@@ -83,8 +83,9 @@ def test_a_delegation_deeper_than_the_policy_allows_is_refused() -> None:
     assert delegate(Sim(context=Context(root="top", depth=1), policy=policy), 1).action is Action.DELEGATE
     message = refusal(delegate(Sim(context=Context(root="top", depth=2), policy=policy), 1))
     assert message == ("Delegate refused by policy default: its children would be 3 delegations deep, "
-                       "deeper than the limit of 2")
-    assert refusal(delegate(Sim(policy=Policy(max_depth=0)), 1)).endswith("deeper than the limit of 0")
+                       "deeper than the limit of 2 ([limits] max_depth)")
+    shallow = refusal(delegate(Sim(policy=Policy(max_depth=0)), 1))
+    assert shallow.endswith("deeper than the limit of 0 ([limits] max_depth)")
 
 
 def test_a_chain_of_single_delegations_ends_at_the_policys_depth() -> None:
@@ -108,7 +109,7 @@ def test_a_delegation_that_would_take_a_tree_past_its_descendants_is_refused() -
     sim = Sim(context=Context(root="top", depth=1), policy=policy, object_id="mid")
     assert refusal(delegate(sim, 10, descendants=91)) == (
         "Delegate refused by policy default: 10 more objects would make 101 under root top, "
-        "more than the limit of 100")
+        "more than the limit of 100 ([limits] max_descendants)")
     # Not counted by the caller: not checked (the per-proposal max_children still is).
     assert delegate(Sim(policy=policy), 10).action is Action.DELEGATE
 
@@ -228,8 +229,8 @@ def test_a_fold_without_signed_signals_keeps_no_nonces() -> None:
 def test_the_reasons_name_the_total_that_was_reached() -> None:
     reasons = [refusal(delegate(Sim(policy=Policy(max_depth=0)), 1)),
                refusal(delegate(Sim(policy=Policy(max_descendants=5)), 6, descendants=0))]
-    assert re.search(r"deeper than the limit of 0$", reasons[0])
-    assert re.search(r"more than the limit of 5$", reasons[1])
+    assert re.search(r"deeper than the limit of 0 \(\[limits\] max_depth\)$", reasons[0])
+    assert re.search(r"more than the limit of 5 \(\[limits\] max_descendants\)$", reasons[1])
 
 
 def test_a_sealed_signal_is_recorded_as_received_and_its_sender_and_nonce_survive_resumption() -> None:

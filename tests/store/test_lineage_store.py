@@ -69,6 +69,20 @@ async def test_a_losing_append_records_no_descendants(store: Store) -> None:
     assert await store.count_descendants(top.id) == 0
 
 
+async def test_an_append_that_would_take_a_tree_past_its_bound_writes_nothing(store: Store) -> None:
+    top = Tracked(under(None))
+    await store.create([top.obj, under(top.id, parent=top.id), under(top.id, parent=top.id)])  # 2 under it
+    claim = await claim_one(store, top.id)
+    three = tuple(under(top.id, parent=top.id) for _ in range(3))
+    item = attrs.evolve(top.step(claim, action=Action.DELEGATE, children=three), max_descendants=4)
+    assert await store.append([item], now=T0) == [None]  # 2 + 3 > 4: as if the seq were lost
+    assert await store.count_descendants(top.id) == 2 and (await store.get(top.id)).seq == 0
+    two = tuple(under(top.id, parent=top.id) for _ in range(2))
+    item = attrs.evolve(top.step(claim, action=Action.DELEGATE, children=two), max_descendants=4)
+    assert await store.append([item], now=T0) != [None]  # 2 + 2 fits exactly
+    assert await store.count_descendants(top.id) == 4
+
+
 # -- upgrading a store from before issue 19 ----------------------------------------------------
 
 #: What each store's migrations before issue 19 leave out (in the order to undo them).

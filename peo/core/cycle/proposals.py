@@ -125,11 +125,12 @@ def _lineage_problem(t: Turn, count: int) -> str | None:
     policy, context = t.policy, t.fold.context
     depth = context.depth + 1
     if depth > policy.max_depth:
-        return f"its children would be {depth} delegations deep, deeper than the limit of {policy.max_depth}"
+        return (f"its children would be {depth} delegations deep, deeper than the limit of {policy.max_depth}"
+                " ([limits] max_depth)")
     if t.descendants is not None and t.descendants + count > policy.max_descendants:
         root = context.root or t.fold.object_id
         return (f"{count} more objects would make {t.descendants + count} under root {root},"
-                f" more than the limit of {policy.max_descendants}")
+                f" more than the limit of {policy.max_descendants} ([limits] max_descendants)")
     return None
 
 

@@ -113,6 +113,9 @@ class PostgresStore(Notifications, FleetQueries, sql.SQLStore):
         # Every row the batch decides from: its own objects and the parents it may wake.
         ids = {i.object_id for i in items}
         ids.update(p for i in items if (p := sql.parent_to_wake(i)) is not None)
+        # And the roots of bounded delegations: locking a root's row serializes every
+        # delegation under it, so two nodes cannot both count the tree before either inserts.
+        ids.update(r for i in items if (r := sql.descendants_root(i)) is not None)
 
         async def body(conn: Conn) -> list[int | None]:
             # Locked up front in id order (see LOCK): the heads read here cannot change
@@ -265,6 +268,11 @@ async def _append_one(
     head = heads.get(item.object_id)
     if head is None or head[0] != e.seq - 1 or head[1] != item.token:
         return None  # the rows are locked, so this verdict holds until we commit
+    root = sql.descendants_root(item)
+    if root is not None:  # the root's row is locked (see append): this count holds until we commit
+        count = await conn.fetchval(sql.COUNT_DESCENDANTS.format("$1"), root)
+        if count + len(item.children) > (item.max_descendants or 0):
+            return None
     woke = False
     if item.children:
         # Before the head update, so that its "have all children finished?" sees them.

@@ -241,6 +241,11 @@ def _insert_objects(conn: sqlite3.Connection, objects: Sequence[NewObject]) -> N
 
 def _append_one(conn: sqlite3.Connection, item: AppendItem, now: int) -> int | None:
     """One item of a group commit: the inbox count left, or None if its compare-and-swap lost."""
+    root = sql.descendants_root(item)
+    if root is not None:  # under BEGIN IMMEDIATE: no other writer can add to the tree meanwhile
+        count = conn.execute(sql.COUNT_DESCENDANTS.format("?"), (root,)).fetchone()[0]
+        if count + len(item.children) > (item.max_descendants or 0):
+            return None
     if item.children:
         _insert_objects(conn, item.children)
     row = conn.execute(APPEND_HEAD, sql.append_values(item, now)).fetchone()
