@@ -239,11 +239,14 @@ def _describe(op: object, name: object) -> str:
 
 
 def _signal_out(sig: Signal) -> dict[str, Any]:
-    return {"id": sig.id, "name": sig.name, "payload": sig.payload}
+    out = {"id": sig.id, "name": sig.name, "payload": sig.payload}
+    if sig.sender is not None:
+        out["sender"] = sig.sender
+    return out
 
 
 def _signal_in(out: dict[str, Any]) -> Signal:
-    return Signal(out["name"], out.get("payload"), out.get("id", 0))
+    return Signal(out["name"], out.get("payload"), out.get("id", 0), sender=out.get("sender"))
 
 
 def _woken(record: dict[str, Any], step: Step) -> bool:

@@ -38,7 +38,7 @@ def research_app(calls: Counter[str], keys: list[str]) -> peo.App:
         await run.sleep(seconds=0.1)
         verdict = await run.wait_signal("approve", timeout=30)
         summary = await run.step(summarize, pages, key=run.idempotency_key)
-        return {"summary": summary, "approved": verdict.payload}
+        return {"summary": summary, "approved": verdict.payload, "by": verdict.sender}
 
     return app
 
@@ -67,7 +67,7 @@ async def test_a_function_runs_to_done_and_each_operation_is_one_entry_done_once
     async with peo.Client(store_url) as client:
         oid = await client.submit("research", goal={"topic": "bees"})
         result = await run_until_done(store_url, research_app(calls, keys), client, oid, ("approve", {"by": "ann"}))
-        assert result == {"summary": "bees-1 + bees-2", "approved": {"by": "ann"}}
+        assert result == {"summary": "bees-1 + bees-2", "approved": {"by": "ann"}, "by": client.key.key_id}
         info = await client.get(oid)
         assert [e.action for e in info.memory] == [
             Action.INSTANTIATE, Action.EXECUTE, Action.DORMANCY, Action.REENTRY,  # step, sleep
@@ -88,7 +88,8 @@ async def test_a_signal_that_arrived_before_the_wait_is_returned_at_once(store_u
         oid = await client.submit("research", goal={"topic": "ants"})
         await client.signal(oid, "approve", "early")  # consumed (and recorded) by the first step
         await run_idle(store_url, research_app(calls, keys))
-        assert await client.wait(oid, timeout=5) == {"summary": "ants-1 + ants-2", "approved": "early"}
+        assert await client.wait(oid, timeout=5) == {"summary": "ants-1 + ants-2", "approved": "early",
+                                                     "by": client.key.key_id}
         info = await client.get(oid)
         assert [e.action for e in info.memory] == [
             Action.INSTANTIATE, Action.EXECUTE, Action.DORMANCY, Action.REENTRY,  # step, sleep
