@@ -53,7 +53,8 @@ class Intake:
             names = frozenset({CANCEL_SIGNAL, waiting}) if waiting else frozenset({CANCEL_SIGNAL})
         limits = signal_limits(policy)
         for _ in range(_MAX_REFUSED_BATCHES):
-            batch = await node.store.inbox(fold.object_id, limit=policy.signal_batch, names=names)
+            batch = await node.store.inbox(fold.object_id, limit=policy.signal_batch, names=names,
+                                           max_bytes=_BATCH_BYTES)
             if not batch:
                 return ()
             good, refused = screen(
@@ -63,7 +64,7 @@ class Intake:
             )
             if refused:
                 await self._refuse(fold.object_id, refused)
-            if good or len(batch) < policy.signal_batch:
+            if good or not refused:  # something to deliver, or only what did not fit this time
                 return good
         return ()
 

@@ -285,11 +285,13 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def inbox(self, object_id: str, *, limit: int | None = None,
-                    names: Collection[str] | None = None) -> list[Signal]:
+                    names: Collection[str] | None = None, max_bytes: int | None = None) -> list[Signal]:
         """Signals waiting in the inbox, oldest first: at most ``limit`` of them, and only
         those called one of ``names`` if given (an empty ``names`` reads nothing). A node
         waiting for ``approve`` reads ``names={"approve", "peo.cancel"}``, so however many
-        other signals are waiting, they never hide the awaited one. Served by an index on
+        other signals are waiting, they never hide the awaited one. With ``max_bytes``, the
+        signals stop before their stored payloads would add up to more (the first is
+        always read): large payloads are not read to be left waiting. Served by an index on
         (object_id, name, id) (with ``names``) or (object_id, id): the cost follows what
         is read, not what is waiting."""
 

@@ -523,8 +523,10 @@ class Reads:
         self.count_descendants = COUNT_DESCENDANTS.format(param(1))
         self.next_due = next_due  # the earliest due time of a live object (each dialect's own plan)
 
-    def inbox(self, object_id: str, limit: int | None, names: Collection[str] | None) -> tuple[str, list[Any]]:
-        """The query of :meth:`Store.inbox` and its arguments."""
+    def inbox(self, object_id: str, limit: int | None, names: Collection[str] | None, *,
+              columns: str = "id, name, payload, seal", upto: int | None = None) -> tuple[str, list[Any]]:
+        """The query of :meth:`Store.inbox` and its arguments (``columns``: what to select;
+        ``upto``: only ids up to it)."""
         args: list[Any] = [object_id]
 
         def arg(value: Any) -> str:
@@ -532,9 +534,11 @@ class Reads:
             return self.param(len(args))
 
         table = "inbox" if names is None else self.inbox_by_name
-        query = f"SELECT id, name, payload, seal FROM {table} WHERE object_id = {self.param(1)}"
+        query = f"SELECT {columns} FROM {table} WHERE object_id = {self.param(1)}"
         if names is not None:
             query += " AND " + self.one_of("name", sorted(set(names)), arg)
+        if upto is not None:
+            query += f" AND id <= {arg(upto)}"
         query += " ORDER BY id"
         if limit is not None:
             query += f" LIMIT {arg(max(int(limit), 0))}"
@@ -576,10 +580,23 @@ class SQLStore(Store):
         return blob(rows[0][0]) if rows else None
 
     async def inbox(self, object_id: str, *, limit: int | None = None,
-                    names: Collection[str] | None = None) -> list[Signal]:
+                    names: Collection[str] | None = None, max_bytes: int | None = None) -> list[Signal]:
         if (names is not None and not names) or (limit is not None and limit <= 0):
             return []
-        return signals(await self._read(*self.reads.inbox(object_id, limit, names)))
+        if max_bytes is None:
+            return signals(await self._read(*self.reads.inbox(object_id, limit, names)))
+        # Sizes first (the payloads are not read: both dialects take a blob's length from
+        # its header), then the payloads of only those that fit.
+        sizes = await self._read(*self.reads.inbox(object_id, limit, names, columns="id, length(payload)"))
+        count, total = 0, 0
+        for _, size in sizes:
+            if count and total + int(size) > max_bytes:
+                break
+            count, total = count + 1, total + int(size)
+        if not count:
+            return []
+        upto = int(sizes[count - 1][0])
+        return signals(await self._read(*self.reads.inbox(object_id, count, names, upto=upto)))
 
     async def refused(self, object_id: str, *, limit: int = 20) -> list[RefusedSignal]:
         if limit <= 0:

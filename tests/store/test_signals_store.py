@@ -99,6 +99,18 @@ async def test_inbox_reads_at_most_limit_signals_oldest_first_and_only_the_names
     assert await store.inbox(new_id(), limit=3, names={"approve"}) == []
 
 
+async def test_inbox_reads_stop_before_their_payloads_add_up_to_more_than_max_bytes(store: Store) -> None:
+    t = await make(store)
+    big = [await store.signal(t.id, "note", "x" * 1000, now=T0 + i) for i in range(5)]  # 1,003 bytes packed
+    small = await store.signal(t.id, "approve", 1, now=T0 + 9)
+    assert [s.id for s in await store.inbox(t.id, max_bytes=2500)] == big[:2]
+    assert [s.id for s in await store.inbox(t.id, max_bytes=10)] == big[:1]  # the first is always read
+    assert [s.id for s in await store.inbox(t.id, max_bytes=10**6, limit=3)] == big[:3]
+    assert [s.id for s in await store.inbox(t.id, max_bytes=10, names={"approve"})] == [small]
+    [first] = await store.inbox(t.id, max_bytes=1)
+    assert (first.name, first.payload) == ("note", "x" * 1000)
+
+
 async def test_reads_of_the_inbox_and_descendant_counts_use_an_index(sqlite_url: str) -> None:
     """The query plans (SQLite's: PostgreSQL plans tiny tables by scanning, so for it we
     check that the index exists)."""
