@@ -92,3 +92,28 @@ async def test_a_submit_above_the_policys_ceiling_is_refused_to_the_submitter(st
         oid = await client.submit("job", max_steps=5)
         assert oid
 
+
+
+async def test_a_node_serves_only_objects_signed_by_the_keys_its_policy_accepts(store_url: str) -> None:
+    from peo.keys import generate
+
+    outsider = generate()
+    ran: list[str] = []
+    app = peo.App()
+
+    @app.handler("job")
+    def job(step: peo.Step) -> peo.Proposal:
+        ran.append(step.object_id)
+        return peo.Done(None)
+
+    trust = peo.Policy.parse(f'[trust]\nkeys = {{ "{outsider.public_key.hex()}" = ["*"] }}\n')
+    async with peo.Client(store_url, policy=trust) as client, \
+            peo.Client(store_url, key=outsider, identity=client.identity) as other:
+        mine = await client.submit("job")
+        theirs = await other.submit("job")  # same claimed identity, another key
+        policy = peo.Policy.parse(f'[accept]\nsigners = ["{client.key.key_id}"]\n'
+                                  f'[trust]\nkeys = {{ "{outsider.public_key.hex()}" = ["*"] }}\n')
+        node = peo.Node(store_url, app, policy=policy, idle_horizon=1.0)
+        await asyncio.wait_for(node.run_until_idle(), 120)
+        assert ran == [mine]
+        assert (await client.get(theirs, memory=False)).status is peo.Status.RUNNABLE  # left for another node
