@@ -1,7 +1,7 @@
 """The fleet as a store sees it: which nodes serve which handlers, what is due that a node
 cannot serve, and an operator taking an object over (to write a cancel no node will write).
 
-The same SQL in both dialects (placeholders from the dialect's :class:`~peo.store.sql.Reads`);
+The same SQL in both dialects (placeholders from the dialect's :class:`~peo.store.sqlreads.Reads`);
 each dialect supplies ``_write_rows``, one statement in one write transaction.
 """
 
@@ -13,7 +13,8 @@ from collections.abc import Collection, Sequence
 from typing import Any, ClassVar
 
 from .base import Claim
-from .sql import CLAIM_COLUMNS, LIVE, Reads, claim_of
+from .sql import CLAIM_COLUMNS, LIVE, claim_of
+from .sqlreads import Reads
 
 __all__ = ["NODES_MIGRATION", "FleetQueries", "serves"]
 
@@ -35,7 +36,7 @@ def serves(kind: tuple[str, str], handlers: Collection[str] | None, scopes: Coll
 
 
 class FleetQueries:
-    """Mixed into each dialect's store (after :class:`~peo.store.sql.SQLStore`)."""
+    """Mixed into each dialect's store (after :class:`~peo.store.sqlreads.SQLStore`)."""
 
     reads: ClassVar[Reads]
 

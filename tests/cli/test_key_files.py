@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from clirun import ok, run
 
-from peo import keys
+from peo import keyfiles, keys
 from peo.core.crypto import _SMALL_ORDER, PUBLIC_HEADER, SECRET_HEADER
 from peo.errors import IntegrityError, UsageError
 
@@ -122,7 +122,7 @@ def test_a_symlink_planted_at_the_random_temporary_name_is_refused_and_never_rec
         tmp_path: Path, key_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Guessing the random name is what an attacker cannot do; the test makes it guessable
     # to show that even then the file is created anew (O_EXCL), never opened through the link.
-    monkeypatch.setattr(keys, "secrets", types.SimpleNamespace(token_hex=lambda n: "guessed"))
+    monkeypatch.setattr(keyfiles, "secrets", types.SimpleNamespace(token_hex=lambda n: "guessed"))
     key_dir.mkdir(mode=0o700)
     loot = attacker_file(tmp_path)
     (key_dir / "node.key.tmpguessed").symlink_to(loot)

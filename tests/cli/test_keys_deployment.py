@@ -26,6 +26,7 @@ from clirun import ok, run
 import peo
 from peo import keys
 from peo.config import default_policy
+from peo.core.crypto import PUBLIC_HEADER
 from peo.core.policy import Policy
 from peo.errors import IntegrityError, UsageError
 from peo.store import open_store
@@ -170,7 +171,7 @@ def test_peo_keys_lists_the_keys_their_trust_scopes_and_secrets(
     ok(capsys, "init")
     directory = tmp_path / ".peo" / "keys"  # PEO_HOME from conftest
     visitor = keys.generate()
-    (directory / "visitor.key.pub").write_text(f"{keys.PUBLIC_HEADER}\n{visitor.public_key.hex()}\n")
+    (directory / "visitor.key.pub").write_text(f"{PUBLIC_HEADER}\n{visitor.public_key.hex()}\n")
     client = keys.load_key_file(directory / "client.key")
     node = keys.load_key_file(directory / "node.key")
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import sql
+from ..sqlreads import Reads
 
 __all__ = [
     "APPEND_HEAD",
@@ -127,7 +128,7 @@ def _one_of(column: str, values: list[str], arg: Callable[[Any], str]) -> str:
     return f"{column} = ANY({arg(values)}::text[])"
 
 
-READS = sql.Reads(
+READS = Reads(
     _numbered, entries_of=_entries_of, contains=_contains, one_of=_one_of,
     next_due=f"SELECT min(due_at) FROM objects WHERE due_at IS NOT NULL AND status IN ({sql.LIVE})",
 )

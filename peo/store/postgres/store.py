@@ -21,6 +21,7 @@ from ...errors import NotFoundError, StoreError
 from .. import sql
 from ..base import AppendItem, Claim, NewObject, SignalRefusalLike
 from ..fleet import FleetQueries
+from ..sqlreads import SQLStore
 from .connection import Conn
 from .notify import Notifications
 from .statements import (
@@ -43,7 +44,7 @@ from .statements import (
 __all__ = ["PostgresStore"]
 
 
-class PostgresStore(Notifications, FleetQueries, sql.SQLStore):
+class PostgresStore(Notifications, FleetQueries, SQLStore):
     """The shared store: many nodes on many machines, one schema of one database."""
 
     reads = READS

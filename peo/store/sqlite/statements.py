@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import sql
+from ..sqlreads import Reads
 
 __all__ = [
     "APPEND_HEAD",
@@ -62,7 +63,7 @@ def _one_of(column: str, values: list[str], arg: Callable[[Any], str]) -> str:
     return f"{column} IN ({', '.join(arg(v) for v in values)})"
 
 
-READS = sql.Reads(_positional, entries_of=_entries_of, contains=_contains, one_of=_one_of,
+READS = Reads(_positional, entries_of=_entries_of, contains=_contains, one_of=_one_of,
                   inbox_by_name="inbox INDEXED BY inbox_object_name", next_due=(
     "SELECT due_at FROM objects INDEXED BY objects_due WHERE due_at IS NOT NULL"
     f" AND status IN ({sql.LIVE}) ORDER BY due_at LIMIT 1"

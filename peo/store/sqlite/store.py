@@ -18,6 +18,7 @@ from ...core.model import CANCEL_SIGNAL, Entry
 from .. import sql
 from ..base import AppendItem, Claim, NewObject, SignalRefusalLike
 from ..fleet import FleetQueries
+from ..sqlreads import SQLStore
 from .connection import Connections
 from .statements import (
     APPEND_HEAD,
@@ -43,7 +44,7 @@ def _marks(values: Collection[Any]) -> str:
     return ",".join("?" * len(values))
 
 
-class SQLiteStore(Connections, FleetQueries, sql.SQLStore):
+class SQLiteStore(Connections, FleetQueries, SQLStore):
     """The embedded store: one database file, shared by the processes that open it."""
 
     reads = READS
