@@ -100,6 +100,7 @@ def jobs(s: Sizes, peers: bool, pg_url: str | None, via: str) -> list[Job]:
     out = [
         Job("W1", "peo", "peo_wl.py", w1),
         Job("W1", "peo-normal", "peo_wl.py", (*w1, *normal)),
+        Job("W1", "peo-function", "peo_wl.py", (*w1, "--form", "function")),
         Job("W2", "peo", "peo_wl.py", w2),
         Job("W2", "peo-normal", "peo_wl.py", (*w2, *normal)),
         Job("W3", "peo", "peo_wl.py", w3),

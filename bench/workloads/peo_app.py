@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from common import PAYLOAD, side_effect
 
@@ -28,6 +29,20 @@ async def chain(step: peo.Step) -> peo.Proposal:
     if "file" in step.goal:
         side_effect(step.goal["file"], n)
     return peo.Continue(state={"n": n + 1, "payload": PAYLOAD})
+
+
+async def record(n: int) -> dict[str, Any]:
+    """One step of W1 in function form: what DBOS's @DBOS.step returns in its own W1."""
+    STEP_TIMES.append(time.perf_counter())
+    return {"n": n, **PAYLOAD}
+
+
+@app.function("chain_fn")
+async def chain_fn(run: peo.Run, steps: int) -> dict[str, int]:
+    """W1 as a durable function: `steps` awaited steps, each a signed entry holding its result."""
+    for n in range(steps):
+        await run.step(record, n)
+    return {"n": steps}
 
 
 @app.handler("nap")

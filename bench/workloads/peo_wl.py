@@ -69,7 +69,7 @@ async def w1(url: str, args: argparse.Namespace) -> dict[str, Any]:
         n = node(url, args)
         await n.run_until_idle()  # opens the store and creates the schema: not measured
         t0 = time.perf_counter()
-        oid = await client.submit("chain", goal={"steps": args.steps})
+        oid = await client.submit("chain_fn" if args.form == "function" else "chain", goal={"steps": args.steps})
         await n.run_until_idle()
         elapsed = time.perf_counter() - t0
         assert (await client.wait(oid, timeout=10)) == {"n": args.steps}
@@ -337,6 +337,8 @@ def main() -> None:
         default="cli",
         help="start node processes with `peo node` or through the library",
     )
+    p.add_argument("--form", choices=["handler", "function"], default="handler",
+                   help="W1 as a handler returning proposals, or as a durable function (app.function)")
     p.add_argument("--node-id", default="bench")
     p.add_argument("--until-idle", action="store_true")
     p.add_argument("--ready-seconds", type=float, default=1.5)
