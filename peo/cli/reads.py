@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.model import Status
 from ..errors import IntegrityError
+from ..functions import PROGRESS_KEY, progress_of
 from .parser import EXAMPLE_ID, add_verb, fail, labels, open_client, positive_int, text_arg
 from .render import clean, compact, dumps, iso, jsonable, short_outcome, table, when
 
@@ -104,6 +105,7 @@ def _show_doc(info: ObjectInfo) -> dict[str, Any]:
         "result": info.result,
         "reason": info.reason,
         "state": info.state,
+        "progress": progress_of(info),
         "last_error": _last_error(info),
         "memory": [
             {"seq": e.seq, "action": str(e.action), "timestamp": iso(e.timestamp), "timestamp_ns": e.timestamp,
@@ -134,6 +136,8 @@ def _show_head(info: ObjectInfo) -> list[tuple[str, str]]:
     if any(limits):
         head.append(("limits", ", ".join(x for x in limits if x)))
     head.append(("seq", str(info.seq)))
+    if PROGRESS_KEY in info.state:  # a durable function's answer to "what is it doing now?"
+        head.append(("progress", compact(progress_of(info), 100)))
     if info.state:
         head.append(("state", compact(info.state, 100)))
     if info.result is not None:
@@ -212,18 +216,20 @@ def _ls_parser(sub: Subparsers) -> None:
 
 def _show_parser(sub: Subparsers) -> None:
     sp = add_verb(sub, "show", "show one object and its memory",
-                  "Show an object's head (status, intent, context, state, result), its last error with its "
-                  "traceback (if an entry recorded one) and one line per memory entry. Status, result and reason "
-                  "are checked against the signed head entry (with the keys this set-up trusts): a stored head "
-                  "that disagrees is refused (exit 1) and the object quarantined (`peo resume ID` repairs it). "
+                  "Show an object's head (status, intent, context, state, a durable function's progress, result), "
+                  "its last error with its traceback (if an entry recorded one) and one line per memory entry. "
+                  "Status, result and reason are checked against the signed head entry (with the keys this set-up "
+                  "trusts): a stored head that disagrees is refused (exit 1) and the object quarantined "
+                  "(`peo resume ID` repairs it). "
                   "Signals a node refused to deliver (unsigned, untrusted, replayed, too large) are listed with why. "
                   "Memory is shown as stored; `peo verify ID` checks its signatures and hash links.",
                   [f"peo show {EXAMPLE_ID}", f"peo show {EXAMPLE_ID} --json | jq .memory[-1]"], cmd_show)
     sp.add_argument("id", metavar="ID", type=text_arg("object id"))
     sp.add_argument("--json", action="store_true",
-                    help="{id,status,intent,context,result,reason,state,last_error,memory:[{seq,action,timestamp,"
+                    help="{id,status,intent,context,result,reason,state,progress,last_error,memory:[{seq,action,timestamp,"
                     "...}],refused_signals:[{id,name,reason,sender,refused_at}]}; last_error is "
-                    "{seq,class,message,retryable,traceback} or null; refused_signals are the latest signals the "
+                    "{seq,class,message,retryable,traceback} or null; progress is what a durable function last gave "
+                    "run.progress (state[\"fn.progress\"]) or null; refused_signals are the latest signals the "
                     "node would not deliver (at most 5); bytes appear as hex strings")
     sp.add_argument("--policy", metavar="FILE", help="policy whose trusted keys to use")
 
