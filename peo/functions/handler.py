@@ -10,6 +10,7 @@ import attrs
 
 from ..core.model import Done, Fail, Proposal, Step
 from ..errors import DivergedError, UsageError
+from .live import LiveRun, LiveRuns
 from .run import Run, Suspend, initial_goal
 
 __all__ = ["FunctionFn", "function_handler"]
@@ -38,6 +39,8 @@ def function_handler(fn: FunctionFn) -> Callable[[Step], Awaitable[Proposal]]:
     if not inspect.iscoroutinefunction(fn):
         raise UsageError(f"a durable function must be an async function (async def), got {fn!r}")
 
+    live_runs = LiveRuns()
+
     async def handler(step: Step) -> Proposal:
         last = step.memory[-1] if step.memory else None
         if last is not None and last.outcome.get("status") == "refused":
@@ -47,39 +50,54 @@ def function_handler(fn: FunctionFn) -> Callable[[Step], Awaitable[Proposal]]:
             error = last.outcome.get("error") or {}
             return Fail(f"the function's operation was refused: {error.get('message', 'no reason recorded')}",
                         retryable=False, error_class="refused")
-        run = Run(step)
-        run.begin()
-        try:
-            result = await fn(run, **initial_goal(step))
-        except Suspend as suspend:
-            fatal = _fatal(run)
-            if fatal is not None:  # caught by the function: never papered over
-                return _fail(fatal, run)
-            return _with_state(suspend.proposal, run.state_update())
-        except Exception as exc:
-            fatal = _fatal(run)  # e.g. asyncio.gather of two steps: each misuse is an error
-            if fatal is not None:
-                return _fail(fatal, run)
-            if exc is not run.raised:
-                raise
-            return _fail(exc, run)
-        except BaseException as exc:
-            if _propagates(exc):
-                raise
-            return _aborted(exc, run)
-        finally:
-            run.end()
-        fatal = _fatal(run)
-        if fatal is not None:
-            return _fail(fatal, run)
-        if run.recorded_next():
-            diverged = DivergedError(f"object {step.object_id}: the function returned after {run.position} "
-                                     "operation(s), but its memory records more")
-            return _fail(diverged, run)
-        return Done(result, state=run.state_update() or None)
+        live = live_runs.take(step)
+        if live is not None:
+            live.resume(step)  # the coroutine is still inside the run.step whose entry was just committed
+        else:
+            live = LiveRun(lambda handover: _cycle(fn, step, handover))  # run from the top, replaying
+        proposal = await live.next_proposal()
+        live_runs.keep(step.object_id, live)
+        return proposal
 
+    handler.live_runs = live_runs  # type: ignore[attr-defined]  # for tests and benchmarks
     handler.__name__ = handler.__qualname__ = getattr(fn, "__name__", "function")
     return handler
+
+
+async def _cycle(fn: FunctionFn, step: Step, handover: LiveRun) -> Proposal:
+    """Run ``fn`` from the top (replaying what memory records) until an operation ends the
+    cycle (a sleep, a wait, children, a refine), it returns, or it fails; meanwhile each new
+    step's entry is handed over live and the code goes on after its commit."""
+    run = Run(step, handover=handover)
+    run.begin()
+    try:
+        result = await fn(run, **initial_goal(step))
+    except Suspend as suspend:
+        fatal = _fatal(run)
+        if fatal is not None:  # caught by the function: never papered over
+            return _fail(fatal, run)
+        return _with_state(suspend.proposal, run.state_update())
+    except Exception as exc:
+        fatal = _fatal(run)  # e.g. asyncio.gather of two steps: each misuse is an error
+        if fatal is not None:
+            return _fail(fatal, run)
+        if exc is not run.raised:
+            raise
+        return _fail(exc, run)
+    except BaseException as exc:
+        if _propagates(exc):
+            raise
+        return _aborted(exc, run)
+    finally:
+        run.end()
+    fatal = _fatal(run)
+    if fatal is not None:
+        return _fail(fatal, run)
+    if run.recorded_next():
+        diverged = DivergedError(f"object {step.object_id}: the function returned after {run.position} "
+                                 "operation(s), but its memory records more")
+        return _fail(diverged, run)
+    return Done(result, state=run.state_update() or None)
 
 
 def _fatal(run: Run) -> BaseException | None:

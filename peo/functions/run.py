@@ -1,12 +1,15 @@
 """``peo.Run``: what a durable function awaits (steps, sleeps, signal waits).
 
-A durable function is re-run from the top on every cycle of its object. Each operation it
+A durable function runs from the top when its object (re)starts on a node, replaying what
+memory records; while the node keeps serving it, a new step's entry is handed over live
+(:mod:`peo.functions.live`) and the code goes on after its commit. Each operation it
 awaits has a position (0, 1, 2 ... in the order the code reaches them); its record lives in
 the object's working state under the key ``fn.<position>``, written by the same signed
 entry that carried the operation out:
 
-* ``run.step(fn)`` runs ``fn`` once, then ends the cycle with ``Continue(state={key: record})``
-  (an execute entry holding the result); later cycles return the recorded result;
+* ``run.step(fn)`` runs ``fn`` once, then proposes ``Continue(state={key: record})`` (an
+  execute entry holding the result): live, it returns the result once that entry is
+  committed; replayed, it ends the cycle there, and later runs return the recorded result;
 * ``run.sleep(...)`` ends the cycle with ``Sleep(state={key: record})`` (a dormancy entry);
   once the object is runnable again the sleep is over;
 * ``run.wait_signal(name)`` ends the cycle with ``WaitSignal(name, state={key: record})``;
@@ -36,7 +39,7 @@ import datetime
 import inspect
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.codec import DEFAULT_LIMITS, Limits, check_value, packb, unpackb
 from ..core.model import (
@@ -55,6 +58,9 @@ from ..core.model import (
 )
 from ..errors import CodecError, DivergedError, InternalError, SignalTimeout, UsageError
 from .children import ChildCall, child_results
+
+if TYPE_CHECKING:
+    from .live import LiveRun
 
 __all__ = ["MAX_PROGRESS_BYTES", "PROGRESS_KEY", "Run", "Suspend", "initial_goal", "progress_of", "record_key"]
 
@@ -101,8 +107,11 @@ class Run:
     only inside a step).
     """
 
-    def __init__(self, step: Step):
+    def __init__(self, step: Step, *, handover: LiveRun | None = None):
         self._step = step
+        # While a node holds the object, a step's entry is handed over live and the code
+        # goes on after its commit (peo.functions.live); without it, the cycle ends (Suspend).
+        self._handover = handover
         self._position = 0
         self._busy = False
         self._live = False
@@ -212,7 +221,12 @@ class Run:
         except CodecError as exc:
             raise self._raise(UsageError(f"{exc} (a step's result must be plain data: None, bool, int, "
                                          "float, str, bytes, lists and dicts with string keys)")) from None
-        raise Suspend(Continue(state={key: self._record("step", label, result=result)}))
+        proposal = Continue(state={**self.state_update(), key: self._record("step", label, result=result)})
+        if self._handover is None:
+            raise Suspend(proposal)
+        self.pending = {}
+        self._step = await self._handover.hand_over(proposal, self._step.seq)
+        return result
 
     async def sleep(self, seconds: float = 0.0, *, minutes: float = 0.0, hours: float = 0.0,
                     days: float = 0.0) -> None:
