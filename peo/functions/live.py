@@ -16,13 +16,19 @@ ends its coroutine: a dormant function holds no memory on any node.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..core.codec import packb
 from ..core.model import Proposal, Step
+
+if TYPE_CHECKING:
+    import asyncio
+
+# asyncio is imported where it is used: importing peo (and so its pure core) loads no event
+# loop machinery (tests/core/test_purity.py).
 
 __all__ = ["LiveRun", "LiveRuns"]
 
@@ -35,13 +41,18 @@ class LiveRun:
     handler: the coroutine hands out a proposal and waits for the step after its entry."""
 
     def __init__(self, start: Callable[[LiveRun], Awaitable[Proposal]]):
+        import asyncio
+
         loop = asyncio.get_running_loop()
         self._proposal: asyncio.Future[Proposal] = loop.create_future()
         self._step: asyncio.Future[Step] | None = None
         self.expected_seq: int | None = None
+        self._expected_state = b""  # the packed state update of the entry it proposed
         self.task = asyncio.ensure_future(self._main(start))
 
     async def _main(self, start: Callable[[LiveRun], Awaitable[Proposal]]) -> None:
+        import asyncio
+
         try:
             proposal = await start(self)  # the last proposal: the function ended its cycles
         except BaseException as exc:  # handed to the handler, which re-raises it
@@ -56,6 +67,8 @@ class LiveRun:
 
     async def next_proposal(self) -> Proposal:
         """What the function proposes for the current step (or how it failed)."""
+        import asyncio
+
         try:
             return await asyncio.shield(self._proposal)
         except asyncio.CancelledError:
@@ -65,9 +78,11 @@ class LiveRun:
     async def hand_over(self, proposal: Proposal, seq: int) -> Step:
         """From inside the function: propose ``proposal`` for step ``seq`` and wait for the
         next step (after its entry is committed). Cancelled if the run is dropped."""
-        loop = asyncio.get_running_loop()
-        self._step = loop.create_future()
+        import asyncio
+
+        self._step = asyncio.get_running_loop().create_future()
         self.expected_seq = seq + 1
+        self._expected_state = packb(proposal.state)
         self._proposal.set_result(proposal)
         return await self._step
 
@@ -79,11 +94,18 @@ class LiveRun:
         if step.seq != self.expected_seq or step.attempt != 1 or step.first_seq is not None:
             return False
         last = step.memory[-1] if step.memory else None
-        return last is not None and last.seq == step.seq - 1 and last.outcome.get("status", "ok") == "ok"
+        if last is None or last.seq != step.seq - 1 or last.outcome.get("status", "ok") != "ok":
+            return False
+        # The entry memory holds at that seq must be the one this run proposed, not another
+        # node's (this node's commit may have failed, and the object gone on elsewhere): the
+        # coroutine holds the step's result, and memory must say the same.
+        return packb(last.outcome.get("state")) == self._expected_state
 
     def resume(self, step: Step) -> None:
         """Go on with ``step`` (:meth:`expects` said yes)."""
         assert self._step is not None
+        import asyncio
+
         self._proposal = asyncio.get_running_loop().create_future()
         self.expected_seq = None
         self._step.set_result(step)

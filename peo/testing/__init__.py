@@ -1,4 +1,5 @@
-"""Test helpers for peo users: hypothesis strategies, a fake clock, and a stateful
+"""Test helpers for peo users: a time-skipping environment for durable functions and
+handlers (:class:`FunctionEnv`), hypothesis strategies, a fake clock, and a stateful
 machine that checks resumption (crash, lease loss, restart) against your own handlers.
 
 The strategies and the machine need hypothesis (a development extra: ``pip install
@@ -8,8 +9,9 @@ The strategies and the machine need hypothesis (a development extra: ``pip insta
 Modules: :mod:`.clock` (FakeClock), :mod:`.strategies` (plain_values, intents,
 proposals), :mod:`.script` (the scripted handler, scripts, expected_actions),
 :mod:`.cycle` (run_one_cycle), :mod:`.checks` (the machine's invariants), :mod:`.machine`
-(ResumptionMachine, run_resumption_tests), :mod:`.faults`, :mod:`.chaos`; ``python -m
-peo.testing`` runs :func:`main`.
+(ResumptionMachine, run_resumption_tests), :mod:`.timeskip` (FunctionEnv: a temporary
+store, a fake clock that jumps to the next timer, crashes after any entry; see
+docs/testing.md), :mod:`.faults`, :mod:`.chaos`; ``python -m peo.testing`` runs :func:`main`.
 
 Property-based resumption tests
 -------------------------------
@@ -76,13 +78,17 @@ if TYPE_CHECKING:
     from .machine import ResumptionMachine, run_resumption_tests
     from .script import NOISE_SIGNAL, SCRIPT_HANDLER, ScriptError, expected_actions, scripted_app, scripts
     from .strategies import intents, plain_values, proposals
+    from .timeskip import Crash, FunctionEnv, StuckError
 
 __all__ = [
     "NOISE_SIGNAL",
     "SCRIPT_HANDLER",
+    "Crash",
     "FakeClock",
+    "FunctionEnv",
     "ResumptionMachine",
     "ScriptError",
+    "StuckError",
     "expected_actions",
     "intents",
     "main",
@@ -110,6 +116,9 @@ _LAZY = {
     "ResumptionMachine": ".machine",
     "run_resumption_tests": ".machine",
     "main": ".__main__",
+    "FunctionEnv": ".timeskip",
+    "Crash": ".timeskip",
+    "StuckError": ".timeskip",
 }
 
 

@@ -76,3 +76,29 @@ async def test_two_nodes_taking_turns_never_run_a_step_twice(store_url: str) -> 
     # Each node found that the other had written in between: it ran the code from the top.
     assert calls["from the top"] == turn
     assert len(live_runs(apps[0])) + len(live_runs(apps[1])) <= 1  # at most a run the other node overtook
+
+
+async def test_a_live_run_goes_on_only_if_memory_holds_the_entry_it_proposed() -> None:
+    from peo.core.crypto import SigningKey
+    from peo.core.memory import make_entry
+    from peo.functions.live import LiveRun
+
+    key = SigningKey(bytes(32))
+
+    def step_after(seq: int, state: dict[str, Any]) -> peo.Step:
+        last = make_entry(key, seq=seq - 1, prev=bytes(32), timestamp=0, origin_node="n", policy_ref="p",
+                          action=peo.Action.EXECUTE, outcome={"status": "ok", "state": state}, trace_id="o")
+        return peo.Step(object_id="o", seq=seq, intent=peo.Intent("f"), context=peo.Context(), state={},
+                        memory=[last])
+
+    async def start(run: LiveRun) -> peo.Proposal:
+        await run.hand_over(peo.Continue(state={"fn.0": {"result": ("mine",)}}), 1)
+        return peo.Done(None)
+
+    live = LiveRun(start)
+    await live.next_proposal()
+    # Another node's entry at that seq (this node's commit was lost): replay, never go on.
+    assert not live.expects(step_after(2, {"fn.0": {"result": ["theirs"]}}))
+    assert not live.expects(step_after(3, {"fn.0": {"result": ["mine"]}}))  # not the next seq
+    assert live.expects(step_after(2, {"fn.0": {"result": ["mine"]}}))  # as recorded (a tuple reads back a list)
+    live.cancel()
