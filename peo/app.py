@@ -57,18 +57,22 @@ class App:
 
         return register
 
-    def function(self, name: str, *, timeout: float | None = None,
+    def function(self, name: str, *, version: str | None = None, timeout: float | None = None,
                  retry: Retry | None = None) -> Callable[[FunctionFn], FunctionFn]:
         """Register a durable function ``async def f(run: peo.Run, **goal)`` as ``name``.
 
-        It becomes an ordinary handler that re-runs ``f`` from the top each cycle: each
-        ``run.step``, ``run.sleep`` and ``run.wait_signal`` it awaits is carried out once and
-        recorded in a signed entry, and its return value ends the object (``Done``).
+        It becomes an ordinary handler: each operation it awaits (``run.step``, ``sleep``,
+        ``wait_until``, ``wait_signal``, ``child``/``gather``, ``refine``) is carried out once
+        and recorded in a signed entry, and its return value ends the object (``Done``).
+        While a node holds the object the code runs on live between steps; after a wake-up or
+        a takeover it is re-run from the top, recorded operations returning their records
+        (docs/concepts.md, "Durable functions"). ``version`` (default: a digest of the
+        function's code) is recorded by the object's first entry (``run.version``).
         ``timeout`` and ``retry`` apply to each of its steps as for :meth:`handler`."""
         register = self.handler(name, timeout=timeout, retry=retry)
 
         def wrap(fn: FunctionFn) -> FunctionFn:
-            register(function_handler(fn))
+            register(function_handler(fn, version=version))
             return fn
 
         return wrap

@@ -24,7 +24,20 @@ FunctionFn = Callable[..., Awaitable[Any]]
 _PROPAGATE: tuple[type[BaseException], ...] = (KeyboardInterrupt, SystemExit, GeneratorExit)
 
 
-def function_handler(fn: FunctionFn) -> Callable[[Step], Awaitable[Proposal]]:
+def code_version(fn: FunctionFn) -> str:
+    """A digest of a function's code: its source if Python can find it, else its bytecode
+    and constants (``sha256:`` and 16 hex digits)."""
+    import hashlib
+
+    try:
+        text = inspect.getsource(fn).encode()
+    except (OSError, TypeError):
+        code = getattr(fn, "__code__", None)
+        text = repr((code.co_code, code.co_consts)).encode() if code is not None else repr(fn).encode()
+    return "sha256:" + hashlib.sha256(text).hexdigest()[:16]
+
+
+def function_handler(fn: FunctionFn, *, version: str | None = None) -> Callable[[Step], Awaitable[Proposal]]:
     """The handler that runs ``fn(run, **goal)`` from the top for one cycle (``goal`` as the
     object was created with it, also after ``run.refine``).
 
@@ -38,6 +51,9 @@ def function_handler(fn: FunctionFn) -> Callable[[Step], Awaitable[Proposal]]:
     """
     if not inspect.iscoroutinefunction(fn):
         raise UsageError(f"a durable function must be an async function (async def), got {fn!r}")
+    if version is not None and (not isinstance(version, str) or not version or len(version) > 200):
+        raise UsageError("a durable function's version must be a non-empty string of at most 200 characters")
+    recorded_version = version if version is not None else code_version(fn)
 
     live_runs = LiveRuns()
 
@@ -54,7 +70,7 @@ def function_handler(fn: FunctionFn) -> Callable[[Step], Awaitable[Proposal]]:
         if live is not None:
             live.resume(step)  # the coroutine is still inside the run.step whose entry was just committed
         else:
-            live = LiveRun(lambda handover: _cycle(fn, step, handover))  # run from the top, replaying
+            live = LiveRun(lambda handover: _cycle(fn, step, handover, recorded_version))  # from the top
         proposal = await live.next_proposal()
         live_runs.keep(step.object_id, live)
         return proposal
@@ -64,11 +80,11 @@ def function_handler(fn: FunctionFn) -> Callable[[Step], Awaitable[Proposal]]:
     return handler
 
 
-async def _cycle(fn: FunctionFn, step: Step, handover: LiveRun) -> Proposal:
+async def _cycle(fn: FunctionFn, step: Step, handover: LiveRun, version: str) -> Proposal:
     """Run ``fn`` from the top (replaying what memory records) until an operation ends the
     cycle (a sleep, a wait, children, a refine), it returns, or it fails; meanwhile each new
     step's entry is handed over live and the code goes on after its commit."""
-    run = Run(step, handover=handover)
+    run = Run(step, handover=handover, version=version)
     run.begin()
     try:
         result = await fn(run, **initial_goal(step))

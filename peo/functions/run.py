@@ -62,7 +62,20 @@ from .children import ChildCall, child_results
 if TYPE_CHECKING:
     from .live import LiveRun
 
-__all__ = ["MAX_PROGRESS_BYTES", "PROGRESS_KEY", "Run", "Suspend", "initial_goal", "progress_of", "record_key"]
+__all__ = [
+    "MAX_PROGRESS_BYTES",
+    "PROGRESS_KEY",
+    "VERSION_KEY",
+    "Run",
+    "Suspend",
+    "initial_goal",
+    "progress_of",
+    "record_key",
+]
+
+#: The working-state key of the function's version, recorded by the object's first entry
+#: after entry 0 (``app.function(..., version=)``, else a digest of the function's code).
+VERSION_KEY = "fn.version"
 
 #: The working-state key of the value a function last gave ``run.progress``.
 PROGRESS_KEY = "fn.progress"
@@ -107,8 +120,9 @@ class Run:
     only inside a step).
     """
 
-    def __init__(self, step: Step, *, handover: LiveRun | None = None):
+    def __init__(self, step: Step, *, handover: LiveRun | None = None, version: str | None = None):
         self._step = step
+        self._version = version
         # While a node holds the object, a step's entry is handed over live and the code
         # goes on after its commit (peo.functions.live); without it, the cycle ends (Suspend).
         self._handover = handover
@@ -147,6 +161,8 @@ class Run:
         ends it: the records of operations that needed no cycle, and the progress if the
         function gave one that differs from the recorded one."""
         update = dict(self.pending)
+        if self._version is not None and VERSION_KEY not in self._step.state:
+            update[VERSION_KEY] = self._version  # once, by the first entry that records anything
         if self._progress is not _UNSET:
             recorded = self._step.state.get(PROGRESS_KEY, _UNSET)
             # Compared packed: 1 and 1.0, or a tuple and the list it was recorded as, are
@@ -156,6 +172,14 @@ class Run:
         return update
 
     # -- what the function reads ------------------------------------------------------
+
+    @property
+    def version(self) -> str | None:
+        """The version of the function this object started with (recorded by its first
+        entry), or the running code's if nothing is recorded yet: compare the two to tell an
+        object begun by older code."""
+        recorded = self._step.state.get(VERSION_KEY)
+        return recorded if isinstance(recorded, str) else self._version
 
     @property
     def object_id(self) -> str:

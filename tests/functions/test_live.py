@@ -102,3 +102,44 @@ async def test_a_live_run_goes_on_only_if_memory_holds_the_entry_it_proposed() -
     assert not live.expects(step_after(3, {"fn.0": {"result": ["mine"]}}))  # not the next seq
     assert live.expects(step_after(2, {"fn.0": {"result": ["mine"]}}))  # as recorded (a tuple reads back a list)
     live.cancel()
+
+
+async def test_the_first_entry_records_the_functions_version_and_later_code_reads_it(sqlite_url: str) -> None:
+    seen: list[str | None] = []
+
+    def app_at(version: str | None) -> peo.App:
+        app = peo.App()
+
+        @app.function("versioned", version=version)
+        async def versioned(run: peo.Run) -> str | None:
+            seen.append(run.version)
+            await run.step(lambda: 1, name="one")
+            await run.sleep(seconds=0)
+            return run.version
+
+        return app
+
+    async with peo.Client(sqlite_url) as client:
+        oid = await client.submit("versioned")
+        first = app_at("v1")
+        node = peo.Node(client.store, first)
+        claim = await claim_one(node, oid, [])
+        assert claim is not None
+        await run_one_cycle(node, claim)  # step "one" recorded, with the version
+        assert (await client.get(oid)).memory[1].outcome["state"]["fn.version"] == "v1"
+        # Deployed again with new code: the object still says what it began with.
+        await asyncio.wait_for(peo.Node(sqlite_url, app_at("v2")).run_until_idle(), 60)
+        assert await client.wait(oid, timeout=5) == "v1"
+    assert seen == ["v1", "v1", "v1"]
+
+    other = peo.App()
+
+    @other.function("digest")
+    async def digest(run: peo.Run) -> str | None:
+        return run.version
+
+    async with peo.Client(sqlite_url) as client:
+        oid = await client.submit("digest")
+        await asyncio.wait_for(peo.Node(sqlite_url, other).run_until_idle(), 60)
+        version = await client.wait(oid, timeout=5)
+        assert isinstance(version, str) and version.startswith("sha256:") and len(version) == 23

@@ -208,7 +208,8 @@ async def test_progress_rides_on_the_entry_that_ends_the_cycle_and_only_when_it_
             Action.INSTANTIATE, Action.EXECUTE, Action.EXECUTE, Action.EXECUTE, Action.TERMINATE]
         updates = [e.outcome["state"] for e in info.memory[1:]]
         assert [u.get(PROGRESS_KEY, "-") for u in updates] == ["starting", {"done": ["a"]}, "-", ["all", 3]]
-        assert sorted(updates[0]) == ["fn.0", PROGRESS_KEY]  # the record of step a, and the progress
+        # The record of step a, the progress, and (the first entry) the function's version.
+        assert sorted(updates[0]) == ["fn.0", PROGRESS_KEY, "fn.version"]
         assert info.state[PROGRESS_KEY] == ["all", 3] == progress_of(info) == progress_of(info.state)
 
 
