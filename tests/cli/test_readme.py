@@ -53,12 +53,16 @@ def test_the_cli_tour_runs_as_written(tmp_path: Path) -> None:
     assert (tmp_path / "research.peo").exists() and (tmp_path / "copy.db").exists()
 
 
-def test_the_library_example_runs_as_written(tmp_path: Path) -> None:
-    (tmp_path / "example.py").write_text(PY_BLOCKS[0])
+@pytest.mark.parametrize(("block", "printed"), [
+    (0, "{'pages': ['bees/a', 'bees/b'], 'approved': True}"),  # the function form, first
+    (1, "{'n': 10}"),  # the handler form
+])
+def test_the_library_examples_run_as_written(tmp_path: Path, block: int, printed: str) -> None:
+    (tmp_path / "example.py").write_text(PY_BLOCKS[block])
     result = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, env=working_tree_env(),
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "{'n': 10}"
+    assert result.stdout.strip() == printed
 
 
 def test_the_background_node_example_in_the_operations_guide_runs_as_written(tmp_path: Path) -> None:
