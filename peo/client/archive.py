@@ -17,7 +17,7 @@ from ..core.model import Entry, Status
 from ..core.signals import verify_recorded
 from ..errors import CodecError, IntegrityError, NotFoundError
 from ..store import NewObject, Store
-from .verified import row_differences
+from ..verified import row_differences
 
 __all__ = ["EXPORT_FORMAT", "EXPORT_VERSION", "export", "import_", "verify"]
 

@@ -37,9 +37,9 @@ from ..errors import CodecError, ConflictError, ObjectExistsError, PolicyError, 
 from ..ids import new_id
 from ..keys import guard_new_key, keyring_for, load_key
 from ..store import NewObject, Store, open_store
+from ..verified import row_differences
 from . import archive, operator, reads
 from .operator import CancelOutcome
-from .verified import row_differences
 
 __all__ = ["Client", "check_object_id", "intent_differences"]
 

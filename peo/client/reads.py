@@ -23,7 +23,7 @@ from ..core.memory import Fold, verify_chain
 from ..core.model import LIVE_STATUSES, Action, Context, Entry, Intent, ObjectInfo, ObjectSummary, Status
 from ..errors import CodecError, IntegrityError, ObjectFailedError, TimeoutError, UsageError
 from ..store import ObjectRow, Store
-from .verified import VerifiedHead, check_row, verified_head
+from ..verified import VerifiedHead, check_row, verified_head
 
 #: A node counts as serving its handlers for this long after it last told the store (ns).
 SERVED_WINDOW_NS = 24 * 3600 * 10**9

@@ -109,29 +109,17 @@ class Keyring:
 
     def verify(self, key_id: str, scope: str, message: bytes, signature: bytes, *, seq: int | None = None) -> None:
         """Check ``signature`` over ``message`` by the key ``key_id``, trusted for ``scope``."""
-        trusted = self._keys.get(key_id)
-        if trusted is None and self._sources:
-            for refresh in self._sources:
-                refresh(self)
-            trusted = self._keys.get(key_id)
-        if trusted is None:
-            raise IntegrityError(f"signed by untrusted key {key_id}", seq=seq)
+        trusted = self._trusted(key_id, seq)
         if "*" not in trusted.scopes and scope not in trusted.scopes:
             raise IntegrityError(f"key {key_id} is not trusted for scope {scope!r}", seq=seq)
-        try:
-            trusted.verify_key.verify(message, signature)
-        except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
-            raise IntegrityError("bad signature", seq=seq) from None
+        _check_signature(trusted, message, signature, seq)
 
     def check(self, key_id: str, message: bytes, signature: bytes) -> frozenset[str]:
         """Check ``signature`` over ``message`` by the trusted key ``key_id`` and return the
         scopes that key is trusted for ("*": all): for a caller that decides by scope
         itself (a signal's sender, checked against the policy's rules)."""
-        trusted = self._trusted(key_id)
-        try:
-            trusted.verify_key.verify(message, signature)
-        except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
-            raise IntegrityError("bad signature") from None
+        trusted = self._trusted(key_id, None)
+        _check_signature(trusted, message, signature, None)
         return trusted.scopes
 
     def public_hex(self, key_id: str) -> str | None:
@@ -139,14 +127,15 @@ class Keyring:
         trusted = self._keys.get(key_id)
         return bytes(trusted.verify_key).hex() if trusted is not None else None
 
-    def _trusted(self, key_id: str) -> _Trusted:
+    def _trusted(self, key_id: str, seq: int | None) -> _Trusted:
+        """The trusted key ``key_id``, asking the sources once if it is unknown."""
         trusted = self._keys.get(key_id)
         if trusted is None and self._sources:
             for refresh in self._sources:
                 refresh(self)
             trusted = self._keys.get(key_id)
         if trusted is None:
-            raise IntegrityError(f"signed by untrusted key {key_id}")
+            raise IntegrityError(f"signed by untrusted key {key_id}", seq=seq)
         return trusted
 
     def add_source(self, refresh: Callable[[Keyring], None]) -> None:
@@ -163,3 +152,10 @@ class Keyring:
             except ValueError:
                 raise UsageError(f"malformed public key {hex_key!r}") from None
             self.trust(raw, scopes)
+
+
+def _check_signature(trusted: _Trusted, message: bytes, signature: bytes, seq: int | None) -> None:
+    try:
+        trusted.verify_key.verify(message, signature)
+    except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
+        raise IntegrityError("bad signature", seq=seq) from None

@@ -120,31 +120,33 @@ def allowed_sender(keyring: Keyring, signer: str, scopes: frozenset[str], name: 
 
 
 def check(signal: Signal, *, object_id: str, scope: str, keyring: Keyring, seen: Set[str],
-          senders: frozenset[str] | None, accept_unsigned: bool, limits: Limits) -> tuple[Signal | None, str]:
-    """(the signal as delivered, with its sender, or None; why it is refused, if it is)."""
+          senders: frozenset[str] | None, accept_unsigned: bool,
+          limits: Limits) -> tuple[Signal | None, str, Seal | None]:
+    """(the signal as delivered, with its sender, or None; why it is refused, if it is;
+    its seal, if it has a readable one)."""
     if signal.seal is None:
         if accept_unsigned:
-            return signal, ""
-        return None, "unsigned (not sent through peo, or by a peo older than signed signals)"
+            return signal, "", None
+        return None, "unsigned (not sent through peo, or by a peo older than signed signals)", None
     try:
         s = Seal.decode(signal.seal)
     except CodecError as exc:
-        return None, f"malformed seal: {exc}"
+        return None, f"malformed seal: {exc}", None
     if s.nonce in seen:
-        return None, f"replayed: nonce {s.nonce} was delivered before"
+        return None, f"replayed: nonce {s.nonce} was delivered before", s
     body = message(object_id, signal.name, signal.payload, nonce=s.nonce, sent_at=s.sent_at, signer=s.signer)
     try:
         scopes = keyring.check(s.signer, body, s.signature)
     except IntegrityError as exc:
-        return None, exc.reason
+        return None, exc.reason, s
     why = allowed_sender(keyring, s.signer, scopes, signal.name, scope, senders)
     if why:
-        return None, why
+        return None, why, s
     try:
         check_value(signal.payload, limits, what="payload")
     except CodecError as exc:
-        return None, f"cannot be recorded: {exc}"
-    return attrs.evolve(signal, sender=s.signer), ""
+        return None, f"cannot be recorded: {exc}", s
+    return attrs.evolve(signal, sender=s.signer), "", s
 
 
 def screen(signals: Iterable[Signal], *, object_id: str, scope: str, keyring: Keyring, seen: Set[str],
@@ -163,34 +165,23 @@ def screen(signals: Iterable[Signal], *, object_id: str, scope: str, keyring: Ke
     batch_nonces: set[str] = set()
     used = 0
     for sig in signals:
-        ok, why = check(sig, object_id=object_id, scope=scope, keyring=keyring, seen=seen,
-                        senders=rules(sig.name, scope), accept_unsigned=accept_unsigned, limits=limits)
+        ok, why, s = check(sig, object_id=object_id, scope=scope, keyring=keyring, seen=seen,
+                           senders=rules(sig.name, scope), accept_unsigned=accept_unsigned, limits=limits)
+        sender = s.signer if s is not None else None
         if ok is None:
-            refused.append(Refusal(sig.id, sig.name, why, _signer_of(sig)))
+            refused.append(Refusal(sig.id, sig.name, why, sender))
             continue
-        nonce = _nonce_of(ok)
-        if nonce is not None:
-            if nonce in batch_nonces:  # the same sealed signal copied twice into the inbox
-                refused.append(Refusal(sig.id, sig.name, f"replayed: nonce {nonce} appears twice", ok.sender))
+        if s is not None:
+            if s.nonce in batch_nonces:  # the same sealed signal copied twice into the inbox
+                refused.append(Refusal(sig.id, sig.name, f"replayed: nonce {s.nonce} appears twice", sender))
                 continue
-            batch_nonces.add(nonce)
+            batch_nonces.add(s.nonce)
         size = len(packb(ok.payload))
         if out and used + size > budget:
             break
         used += size
         out.append(ok)
     return out, refused
-
-
-def _signer_of(signal: Signal) -> str | None:
-    try:
-        return Seal.decode(signal.seal).signer if signal.seal is not None else None
-    except CodecError:
-        return None
-
-
-def _nonce_of(signal: Signal) -> str | None:
-    return Seal.decode(signal.seal).nonce if signal.seal is not None else None
 
 
 def recorded(signal: Signal) -> dict[str, Any]:

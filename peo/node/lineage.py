@@ -3,9 +3,10 @@
 Only the children a parent's verified delegate entries name count (``Fold.children``),
 never whatever rows name the parent in their ``parent`` column: a row is a cache anyone
 with store access can edit. Whether a child has ended, and its result, come from the
-child's signed head (:mod:`peo.core.signed`), and the child's own entry 0 must name this
-parent. The rows are used only to skip work: a child whose row says it is still live is
-not read further (a forged "live" only delays its parent; it cannot feed it anything).
+child's signed head (:func:`peo.verified.signed_head_of`, checked once per node and head,
+then cached), and the child's own entry 0 must name this parent. The rows are used only to
+skip work: a child whose row says it is still live is not read further (a forged "live"
+only delays its parent; it cannot feed it anything).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.memory import Fold
 from ..core.model import Status
-from ..core.signed import SignedHead, signed_head
+from ..core.signed import SignedHead
 from ..errors import IntegrityError, NotFoundError
 from ..store import ObjectRow
+from ..verified import signed_head_of
 
 if TYPE_CHECKING:
     from .node import Node
@@ -72,16 +74,12 @@ class Lineage:
         """(has the child ended, its signed head if it terminated). A child that is missing
         or whose chain does not verify, or does not name this parent, has ended with
         nothing to give: it is quarantined (if it exists) and the parent goes on without it."""
-        store = self.node.store
-        if row is None:
-            return True, None
-        if row.status is Status.QUARANTINED:
+        if row is None or row.status is Status.QUARANTINED:
             return True, None
         if row.status is not Status.TERMINATED:
             return False, None
         try:
-            head = signed_head(cid, await store.head_entries(cid, row.seq), seq=row.seq, head=row.head,
-                               keyring=self.node.keyring)
+            head = await signed_head_of(self.node.store, row, self.node.keyring)
             if head.context.parent != parent:
                 raise IntegrityError(f"its entry 0 names parent {head.context.parent!r}, not {parent}",
                                      object_id=cid, seq=0)
@@ -89,7 +87,8 @@ class Lineage:
             await self._quarantine(cid, exc)
             return True, None
         if head.status is not Status.TERMINATED:
-            # The row says terminated; the chain does not: the row was edited.
+            # The row says terminated; the chain does not: the row was edited. (The row's
+            # cached result is never read: the result is the terminate entry's.)
             await self._quarantine(cid, IntegrityError(
                 f"the row says terminated but the chain's head (seq {row.seq}) is a {head.last.action} entry",
                 object_id=cid, seq=row.seq))

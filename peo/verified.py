@@ -1,5 +1,8 @@
 """Reads from the signed head: what a reader returns comes from signed entries, not the row.
 
+Shared by the client's reads (``Client.get``, ``Client.wait``, ``peo show``) and the node,
+which reads a parent's children this way (:mod:`peo.node.lineage`).
+
 The ``objects`` row is a cache that anyone with write access to the store can edit. A
 reader (``Client.get``, ``Client.wait``, ``peo show``) therefore takes an object's status,
 result and failure reason from its head entry, checked with :func:`peo.core.signed.signed_head`
@@ -30,14 +33,14 @@ from typing import Any
 
 import attrs
 
-from ..core.codec import decode_body, packb
-from ..core.crypto import Keyring
-from ..core.model import Context, Intent, Status
-from ..core.signed import SignedHead, signed_head
-from ..errors import CodecError, IntegrityError
-from ..store import ObjectRow, Store
+from .core.codec import decode_body, packb
+from .core.crypto import Keyring
+from .core.model import Context, Intent, Status
+from .core.signed import SignedHead, signed_head
+from .errors import CodecError, IntegrityError
+from .store import ObjectRow, Store
 
-__all__ = ["CACHE_SIZE", "VerifiedHead", "check_row", "row_differences", "verified_head"]
+__all__ = ["CACHE_SIZE", "VerifiedHead", "check_row", "row_differences", "signed_head_of", "verified_head"]
 
 #: Signed heads verified with each keyring, by (object id, seq, head hash), newest last. The
 #: hash names the entry's exact bytes and a keyring's trust only grows, so a head verified
@@ -115,27 +118,13 @@ async def check_row(store: Store, row: ObjectRow, keyring: Keyring) -> VerifiedH
     the object (see the module's docstring) unless the reader does not know a signer."""
     if row.status is Status.QUARANTINED:
         return VerifiedHead(row, Status.QUARANTINED, None, row.reason, None)
-    cache = _VERIFIED.get(keyring)
-    if cache is None:
-        cache = _VERIFIED[keyring] = OrderedDict()
-    key = (row.id, row.seq, row.head)
-    head = cache.get(key)
-    if head is not None:
-        cache.move_to_end(key)
-        problem = _disagreement(row, head)
-        if problem is None:
-            return VerifiedHead(row, head.status, head.result, head.reason, head)
-    rows = await store.head_entries(row.id, row.seq)
     try:
-        head = signed_head(row.id, rows, seq=row.seq, head=row.head, keyring=keyring)
-        cache[key] = head
-        if len(cache) > CACHE_SIZE:
-            cache.popitem(last=False)
+        head = await signed_head_of(store, row, keyring)
         problem = _disagreement(row, head)
         if problem is not None:
             raise IntegrityError(problem, object_id=row.id)
     except IntegrityError as exc:
-        unknown = _unknown_signer(rows, keyring)
+        unknown = _unknown_signer(await store.head_entries(row.id, row.seq), keyring)
         if unknown is not None:
             raise IntegrityError(f"{exc.reason} (key {unknown} is not in this reader's keyring: check the key "
                                  "directory and the policy's trusted keys)", object_id=row.id, seq=exc.seq) from None
@@ -143,6 +132,27 @@ async def check_row(store: Store, row: ObjectRow, keyring: Keyring) -> VerifiedH
         raise IntegrityError(f"{exc.reason}; the object is now quarantined (`peo resume` re-verifies its memory "
                              "and rebuilds its head)", object_id=row.id, seq=exc.seq) from None
     return VerifiedHead(row, head.status, head.result, head.reason, head)
+
+
+async def signed_head_of(store: Store, row: ObjectRow, keyring: Keyring) -> SignedHead:
+    """The signed head the row names (its seq and head hash), checked with ``keyring``
+    (:func:`peo.core.signed.signed_head`): from the cache once a head was checked with this
+    keyring, else one read of entry 0 and the head entry. IntegrityError if it does not
+    verify. What the row caches besides (status, result...) is not compared here."""
+    cache = _VERIFIED.get(keyring)
+    if cache is None:
+        cache = _VERIFIED[keyring] = OrderedDict()
+    key = (row.id, row.seq, row.head)
+    head = cache.get(key)
+    if head is not None:
+        cache.move_to_end(key)
+        return head
+    head = signed_head(row.id, await store.head_entries(row.id, row.seq), seq=row.seq, head=row.head,
+                       keyring=keyring)
+    cache[key] = head
+    if len(cache) > CACHE_SIZE:
+        cache.popitem(last=False)
+    return head
 
 
 def _unknown_signer(rows: Mapping[int, tuple[bytes, bytes]], keyring: Keyring) -> str | None:
