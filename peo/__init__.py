@@ -41,6 +41,7 @@ from .core.model import Status as Status
 from .core.model import Step as Step
 from .core.model import WaitSignal as WaitSignal
 from .core.policy import Policy as Policy
+from .errors import ChildFailed as ChildFailed
 from .errors import CodecError as CodecError
 from .errors import ConflictError as ConflictError
 from .errors import DivergedError as DivergedError
@@ -55,6 +56,8 @@ from .errors import ObjectTerminatedError as ObjectTerminatedError
 from .errors import PeoError as PeoError
 from .errors import PolicyError as PolicyError
 from .errors import SignalTimeout as SignalTimeout
+from .errors import StepFailed as StepFailed
+from .errors import StepTimeout as StepTimeout
 from .errors import StoreError as StoreError
 from .errors import TimeoutError as TimeoutError
 from .errors import UsageError as UsageError
@@ -89,6 +92,7 @@ __all__ = [
     "Action",
     "App",
     "CannotDo",
+    "ChildFailed",
     "Client",
     "CodecError",
     "ConflictError",
@@ -126,6 +130,8 @@ __all__ = [
     "Sleep",
     "Status",
     "Step",
+    "StepFailed",
+    "StepTimeout",
     "StoreError",
     "TimeoutError",
     "UsageError",

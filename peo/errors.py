@@ -13,6 +13,9 @@
     ├── ObjectFailedError         wait(): the object ended without a result (failed, cancelled...)
     ├── ObjectTerminatedError     a signal to an object that has terminated (it can never be read)
     ├── SignalTimeout             a durable function's run.wait_signal() timed out
+    ├── StepTimeout (TimeoutError) one attempt of a durable function's run.step(timeout=) ran too long
+    ├── StepFailed                a durable function's run.step(retry=) failed its last attempt
+    ├── ChildFailed               a child of a durable function's run.gather() ended without success
     ├── DivergedError             a durable function's code no longer matches its recorded steps
     └── StoreError                the store failed; ``retryable`` says whether trying again helps
         ├── ConflictError         another writer took this seq first (compare-and-swap lost)
@@ -30,6 +33,7 @@ import builtins
 from typing import Any
 
 __all__ = [
+    "ChildFailed",
     "CodecError",
     "ConflictError",
     "DivergedError",
@@ -44,6 +48,8 @@ __all__ = [
     "PeoError",
     "PolicyError",
     "SignalTimeout",
+    "StepFailed",
+    "StepTimeout",
     "StoreError",
     "TimeoutError",
     "UsageError",
@@ -136,6 +142,55 @@ class SignalTimeout(PeoError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (SignalTimeout, (self.name, self.timeout))
+
+
+class StepTimeout(TimeoutError):
+    """One attempt of ``await run.step(fn, timeout=)`` in a durable function ran longer than
+    ``timeout`` seconds. It counts as a failed attempt of the step (error class ``timeout``)."""
+
+    def __init__(self, step: str, timeout: float):
+        super().__init__(f"step {step!r} did not finish within {timeout:g} s")
+        self.step = step
+        self.timeout = timeout
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (StepTimeout, (self.step, self.timeout))
+
+
+class StepFailed(PeoError):
+    """``await run.step(fn, retry=)`` in a durable function: the step's last attempt failed
+    (or it raised a class its retry names non-retryable). Recorded with the step, so every
+    re-run of the function raises the same one there; catch it to go on without the step's
+    result. Uncaught, it fails the object (not retried)."""
+
+    def __init__(self, step: str, error_class: str, message: str, attempts: int):
+        super().__init__(f"step {step!r} failed after {attempts} attempt{'s' if attempts != 1 else ''}: "
+                         f"{error_class}: {message}")
+        self.step = step
+        self.error_class = error_class
+        self.message = message
+        self.attempts = attempts
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (StepFailed, (self.step, self.error_class, self.message, self.attempts))
+
+
+class ChildFailed(PeoError):
+    """A child of ``await run.gather(...)`` (or of ``await run.child(...)``) in a durable
+    function ended without success: it failed, was cancelled, or was quarantined. ``reason``
+    is the one its chain records. Raised by ``gather`` for the first such child, with every
+    failed one in ``failed``; with ``return_exceptions=True`` each takes its child's place in
+    the results instead. Uncaught, it fails the object (not retried)."""
+
+    def __init__(self, handler: str, child_id: str, reason: str, failed: tuple[ChildFailed, ...] = ()):
+        super().__init__(f"child {child_id} ({handler}) ended without success: {reason}")
+        self.handler = handler
+        self.child_id = child_id
+        self.reason = reason
+        self.failed: tuple[ChildFailed, ...] = failed or (self,)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (ChildFailed, (self.handler, self.child_id, self.reason, self.failed if len(self.failed) > 1 else ()))
 
 
 class DivergedError(PeoError):

@@ -6,13 +6,15 @@ from __future__ import annotations
 import peo
 
 PUBLIC = [
-    "Action", "App", "CannotDo", "Client", "CodecError", "ConflictError", "Constraints", "Context", "Continue",
+    "Action", "App", "CannotDo", "ChildFailed", "Client", "CodecError", "ConflictError", "Constraints", "Context",
+    "Continue",
     "Delegate", "DivergedError", "Done", "Entry", "Fail", "InboxFullError", "IntegrityError", "Intent",
     "InternalError", "Keyring",
     "LeaseLostError", "NodeSettings", "NotFoundError", "ObjectExistsError", "ObjectFailedError", "ObjectInfo",
     "ObjectSummary", "ObjectTerminatedError",
     "PeoError", "Policy", "PolicyError",
     "Proposal", "Refine", "Retry", "Run", "Signal", "SignalTimeout", "SigningKey", "Sleep", "Status", "Step",
+    "StepFailed", "StepTimeout",
     "StoreError", "TimeoutError", "UsageError", "WaitSignal",
 ]
 

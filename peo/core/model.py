@@ -291,12 +291,20 @@ class Refine:
 
 @attrs.frozen
 class Fail:
-    """This step failed. Retryable failures back off; others terminate the object."""
+    """This step failed. Retryable failures back off; others terminate the object.
+
+    ``retry`` gives this failure its own retry settings, over the intent's and the
+    handler's (the policy's stay the ceiling): a durable function's ``run.step(retry=)``
+    uses it. ``traceback`` is recorded with the error (cut to the policy's
+    ``max_traceback_bytes``), as the node records a raised exception's.
+    """
 
     reason: str
     retryable: bool = attrs.field(default=True, kw_only=True)
     error_class: str = attrs.field(default="error", kw_only=True)
     state: dict[str, Any] | None = attrs.field(default=None, kw_only=True)
+    retry: Retry | None = attrs.field(default=None, kw_only=True)
+    traceback: str | None = attrs.field(default=None, kw_only=True)
 
 
 @attrs.frozen
@@ -317,10 +325,13 @@ class Step:
 
     ``memory`` is the verified log (a read-only sequence shared with the node, not a copy);
     ``signals`` are the signals delivered to this step; ``children`` maps each finished
-    child's id to its result. ``idempotency_key`` (``object id:seq`` of the step's first
-    attempt) is the same every time this step is attempted, whether the earlier attempt
-    crashed or failed, so tools can de-duplicate side effects with it; ``attempt`` counts the
-    failed attempts before this one, plus one. A new key begins with the next step after a
+    child's id to its result, and ``failed_children`` each child that ended without success
+    (failed, cancelled, quarantined, or missing) to why: the reason its chain records, if
+    it has one (a failed or cancelled child is also in ``children``, with None).
+    ``idempotency_key`` (``object id:seq`` of the step's first attempt) is the same every
+    time this step is attempted, whether the earlier attempt crashed or failed, so tools can
+    de-duplicate side effects with it; ``attempt`` counts the failed attempts before this
+    one, plus one. A new key begins with the next step after a
     success (an execute, delegate, refine, sleep or signal wait).
     """
 
@@ -335,6 +346,7 @@ class Step:
     attempt: int = 1
     cannot_do: frozenset[str] = frozenset()
     first_seq: int | None = None  # the seq of this step's first attempt, if an earlier one failed
+    failed_children: Mapping[str, str] = attrs.field(factory=dict)
 
     @property
     def goal(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from .children import ChildCall
 from .handler import FunctionFn, function_handler
-from .run import MAX_PROGRESS_BYTES, PROGRESS_KEY, Run, progress_of
+from .records import MAX_PROGRESS_BYTES, PROGRESS_KEY, progress_of
+from .run import Run
 
 __all__ = ["MAX_PROGRESS_BYTES", "PROGRESS_KEY", "ChildCall", "FunctionFn", "Run", "function_handler", "progress_of"]

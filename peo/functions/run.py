@@ -36,9 +36,8 @@ Ending a cycle unwinds the user's code with :class:`Suspend`, a BaseException so
 from __future__ import annotations
 
 import datetime
-import inspect
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..core.codec import DEFAULT_LIMITS, Limits, check_value, packb, unpackb
@@ -48,16 +47,32 @@ from ..core.model import (
     Continue,
     Delegate,
     Entry,
-    ObjectInfo,
     Proposal,
     Refine,
+    Retry,
     Signal,
     Sleep,
     Step,
     WaitSignal,
 )
-from ..errors import CodecError, DivergedError, InternalError, SignalTimeout, UsageError
-from .children import ChildCall, child_results
+from ..errors import ChildFailed, CodecError, DivergedError, InternalError, SignalTimeout, UsageError
+from .children import ChildCall, gather_outcome, gather_problem
+from .records import (
+    MAX_PROGRESS_BYTES,
+    PROGRESS_KEY,
+    VERSION_KEY,
+    describe,
+    initial_goal,
+    is_record_key,
+    progress_of,
+    record_key,
+    show,
+    signal_in,
+    signal_out,
+    unix_time,
+    woken,
+)
+from .steps import attempt_step, check_timeout, failure_of, is_final, retry_step
 
 if TYPE_CHECKING:
     from .live import LiveRun
@@ -73,34 +88,12 @@ __all__ = [
     "record_key",
 ]
 
-#: The working-state key of the function's version, recorded by the object's first entry
-#: after entry 0 (``app.function(..., version=)``, else a digest of the function's code).
-VERSION_KEY = "fn.version"
-
-#: The working-state key of the value a function last gave ``run.progress``.
-PROGRESS_KEY = "fn.progress"
-#: The largest progress value, packed: it is re-written with the entries that change it, and
-#: it is meant to say "what is it doing now?", not to hold results (a step returns those).
-MAX_PROGRESS_BYTES = 4096
-
 # A step's result sits at body > outcome > state > key > record > result: 4 levels below the
 # body, whose whole depth verification limits.
 _RESULT_LIMITS = Limits(depth=DEFAULT_LIMITS.depth - 5)
 # A progress value sits at body > outcome > state > key (its size is checked packed).
 _PROGRESS_LIMITS = Limits(depth=DEFAULT_LIMITS.depth - 4)
 _UNSET: Any = object()
-
-
-def progress_of(info: ObjectInfo | Mapping[str, Any]) -> Any:
-    """The value a durable function last gave ``run.progress`` (None if none yet), from
-    ``await client.get(oid)`` or from an object's working state."""
-    state = info.state if isinstance(info, ObjectInfo) else info
-    return state.get(PROGRESS_KEY)
-
-
-def record_key(position: int) -> str:
-    """The working-state key that records the operation at ``position``."""
-    return f"fn.{position}"
 
 
 class Suspend(BaseException):
@@ -212,44 +205,64 @@ class Run:
 
     # -- operations -------------------------------------------------------------------
 
-    async def step(self, fn: Callable[..., Any], *args: Any, name: str | None = None, **kwargs: Any) -> Any:
+    async def step(self, fn: Callable[..., Any], *args: Any, name: str | None = None, retry: Retry | None = None,
+                   timeout: float | None = None, **kwargs: Any) -> Any:
         """Run ``fn(*args, **kwargs)`` (sync, in a thread, or async) once and record its result
         (plain data: None, bool, int, float, str, bytes, lists and string-keyed dicts).
-        Re-runs return the recorded result without calling ``fn``."""
+        Re-runs return the recorded result without calling ``fn``.
+
+        ``timeout`` (seconds) bounds each attempt: past it the attempt fails with
+        :class:`~peo.StepTimeout`. ``retry`` gives the step its own retry settings: a failed
+        attempt ends the cycle and the object sleeps its backoff before the next (each
+        attempt has the same :attr:`idempotency_key`); after ``retry.max_attempts``, or on
+        a class ``retry.non_retryable`` names, :class:`~peo.StepFailed` is raised here,
+        recorded, so every re-run raises the same. Without ``retry``, the step's exception
+        propagates and the object's retry settings apply.
+        """
         self._check("step")
         if not callable(fn):
             raise self._raise(UsageError(f"run.step needs a function, got {type(fn).__name__}"))
+        if retry is not None and not isinstance(retry, Retry):
+            raise self._raise(UsageError(f"run.step's retry= must be a peo.Retry, got {show(retry)}"))
+        problem = check_timeout(timeout)
+        if problem:
+            raise self._raise(UsageError(problem))
         label = name if name is not None else str(getattr(fn, "__name__", type(fn).__name__))
         key, record = self._reach("step", label)
         if record is not None:
+            if "error" in record:
+                raise self._raise(failure_of(label, record["error"]))
             return record.get("result")
         self._busy = True
         try:
-            if inspect.iscoroutinefunction(fn):
-                result = await fn(*args, **kwargs)
-            else:
-                import asyncio  # here, so that importing peo loads no event loop machinery
-
-                result = await asyncio.to_thread(fn, *args, **kwargs)
-                if inspect.isawaitable(result):
-                    result = await result
+            result = await attempt_step(fn, args, kwargs, label, timeout)
         except BaseException as exc:
             if not isinstance(exc, Exception):  # the handler decides what it means; it names the step
                 self.escaped_from = label
-            raise
+                raise
+            if retry is None:
+                raise
+            final = is_final(exc, retry, self._step)
+            if final is None:  # another attempt, after the backoff
+                raise Suspend(retry_step(label, exc, retry)) from None
+            outcome: dict[str, Any] = {"error": final}
+        else:
+            try:
+                check_value(result, _RESULT_LIMITS, what=f"the result of step {label!r}")
+                packb(result)
+            except CodecError as exc:
+                raise self._raise(UsageError(f"{exc} (a step's result must be plain data: None, bool, int, "
+                                             "float, str, bytes, lists and dicts with string keys)")) from None
+            outcome = {"result": result}
         finally:
             self._busy = False
-        try:
-            check_value(result, _RESULT_LIMITS, what=f"the result of step {label!r}")
-            packb(result)
-        except CodecError as exc:
-            raise self._raise(UsageError(f"{exc} (a step's result must be plain data: None, bool, int, "
-                                         "float, str, bytes, lists and dicts with string keys)")) from None
-        proposal = Continue(state={**self.state_update(), key: self._record("step", label, result=result)})
+        proposal = Continue(state={**self.state_update(), key: self._record("step", label, **outcome)})
         if self._handover is None:
             raise Suspend(proposal)
         self.pending = {}
         self._step = await self._handover.hand_over(proposal, self._step.seq)
+        if "error" in outcome:
+            raise self._raise(failure_of(label, outcome["error"]))
         return result
 
     async def sleep(self, seconds: float = 0.0, *, minutes: float = 0.0, hours: float = 0.0,
@@ -269,10 +282,10 @@ class Run:
         A time already past still ends the cycle (a dormancy and a reentry at once), so that
         every re-run takes the same path whatever its clock says."""
         self._check("wait_until")
-        until = _unix_time(when)
+        until = unix_time(when)
         if until is None:
             raise self._raise(UsageError("run.wait_until needs a Unix time in seconds (a finite number) or a "
-                                         f"timezone-aware datetime, got {_show(when)}"))
+                                         f"timezone-aware datetime, got {show(when)}"))
         key, record = self._reach("wait_until", None)
         if record is not None:
             return
@@ -285,17 +298,34 @@ class Run:
         (each signal is returned by one wait only)."""
         self._check("wait_signal")
         key, record = self._reach("signal", name)
-        if record is None:
+        while record is None:
             early = self._unclaimed(name)
             if early is not None:
-                self.pending[key] = self._record("signal", name, signal=_signal_out(early))
+                self.pending[key] = self._record("signal", name, signal=signal_out(early))
                 return early
+            if not any(r.get("op") == "signal" and r.get("name") == name for r in self.pending.values()):
+                break
+            # A wait for ``name`` leaves the signals called ``name`` handed to its step in the
+            # inbox (to end at once on them): one an earlier wait of this cycle returned must
+            # first be recorded, and consumed, by an entry of its own, or it would end this
+            # wait too. Then look again: the next step may have been handed another.
+            await self._commit_pending()
+        if record is None:
             raise Suspend(WaitSignal(name, timeout=timeout, state={key: self._record("signal", name,
                                                                                      timeout=timeout)}))
         got = self._resolve(record)
         if got is None:
             raise self._raise(SignalTimeout(name, record.get("timeout", timeout)))
         return got
+
+    async def _commit_pending(self) -> None:
+        """End this cycle with an execute entry recording what is pending (live: hand it over
+        and go on with the step after it)."""
+        proposal = Continue(state=self.state_update())
+        if self._handover is None:
+            raise Suspend(proposal)
+        self.pending = {}
+        self._step = await self._handover.hand_over(proposal, self._step.seq)
 
     def child(self, handler: str, /, **goal: Any) -> ChildCall:
         """A child object to start with ``handler`` and ``goal`` (it inherits this object's
@@ -305,18 +335,17 @@ class Run:
             raise self._raise(UsageError("run.child needs a handler name"))
         return ChildCall(self, handler, goal)
 
-    async def gather(self, *children: ChildCall) -> list[Any]:
+    async def gather(self, *children: ChildCall, return_exceptions: bool = False, attempts: int = 1) -> list[Any]:
         """Start ``children`` together, wait until all have ended, and return their results in
-        order (None for a child that ended without a result: failed or cancelled)."""
+        order. A child that ended without success (failed, cancelled, quarantined) is a
+        :class:`~peo.ChildFailed`: raised (the first one, naming all in ``failed``), or put
+        in its child's place with ``return_exceptions=True``. With ``attempts`` above 1, the
+        failed children are started again (only they, once every child has ended; those
+        that succeeded keep their results), up to ``attempts`` times in all."""
         self._check("gather")
-        bad: list[object] = [c for c in children if not isinstance(c, ChildCall) or c.run is not self]
-        if bad:
-            for c in bad:
-                if inspect.iscoroutine(c):
-                    c.close()  # it will never be awaited: spare the user Python's warning about it
-            what = "a child of another run" if isinstance(bad[0], ChildCall) else type(bad[0]).__name__
-            hint = " (await other operations one at a time)" if inspect.isawaitable(bad[0]) else ""
-            raise self._raise(UsageError(f"run.gather takes this run's run.child(...) values, got {what}{hint}"))
+        problem = gather_problem(self, children, attempts)
+        if problem:
+            raise self._raise(UsageError(problem))
         if not children:
             return []
         label = ",".join(c.handler for c in children)
@@ -324,7 +353,17 @@ class Run:
         if record is None:
             raise Suspend(Delegate([c.intent() for c in children], wait=True,
                                    state={key: self._record("gather", label, count=len(children))}))
-        return child_results(self._step, int(record["seq"]), int(record["count"]))
+        outcome = gather_outcome(self._step, record, [c.handler for c in children])
+        failed = [i for i, o in enumerate(outcome) if isinstance(o, ChildFailed)]
+        rounds = list(record.get("rounds", ()))
+        if failed and 1 + len(rounds) < attempts:
+            again = {**record, "rounds": [*rounds, {"seq": self._step.seq, "at": failed}]}
+            raise Suspend(Delegate([children[i].intent() for i in failed], wait=True, state={key: again}))
+        if not failed or return_exceptions:
+            return outcome
+        errors = tuple(outcome[i] for i in failed)
+        first = errors[0]
+        raise self._raise(ChildFailed(first.handler, first.child_id, first.reason, errors))
 
     async def refine(self, goal: dict[str, Any] | None = None, constraints: Constraints | None = None) -> None:
         """Change the object's goal and/or constraints (a mutate entry, as a handler's
@@ -335,10 +374,10 @@ class Run:
         if goal is None and constraints is None:
             raise self._raise(UsageError("run.refine needs goal= or constraints="))
         if goal is not None and not (isinstance(goal, dict) and all(isinstance(k, str) for k in goal)):
-            raise self._raise(UsageError(f"run.refine's goal must be a dict with string keys, got {_show(goal)}"))
+            raise self._raise(UsageError(f"run.refine's goal must be a dict with string keys, got {show(goal)}"))
         if constraints is not None and not isinstance(constraints, Constraints):
             raise self._raise(UsageError(f"run.refine's constraints must be a peo.Constraints, "
-                                         f"got {_show(constraints)}"))
+                                         f"got {show(constraints)}"))
         what = ",".join(n for n, v in (("goal", goal), ("constraints", constraints)) if v is not None)
         key, record = self._reach("refine", what)
         if record is None:
@@ -398,8 +437,8 @@ class Run:
         if record.get("op") != op or record.get("name") != name:
             raise self._raise(DivergedError(
                 f"object {self.object_id}: operation {self._position - 1} recorded at seq {record.get('seq')} "
-                f"is {_describe(record.get('op'), record.get('name'))}, the code now reaches "
-                f"{_describe(op, name)}"))
+                f"is {describe(record.get('op'), record.get('name'))}, the code now reaches "
+                f"{describe(op, name)}"))
         return key, dict(record)
 
     def _record(self, op: str, name: str | None, **extra: Any) -> dict[str, Any]:
@@ -420,46 +459,34 @@ class Run:
     def _resolve(self, record: dict[str, Any]) -> Signal | None:
         """The signal a recorded wait returned (None: it timed out)."""
         if "signal" in record:
-            return _signal_in(record["signal"])
+            return signal_in(record["signal"])
         after = self._entry(int(record["seq"]) + 1, Action.REENTRY, "signal wait")
-        found = [_signal_in(s) for s in after.outcome.get("signals", ()) if s.get("name") == record["name"]]
+        found = [signal_in(s) for s in after.outcome.get("signals", ()) if s.get("name") == record["name"]]
         return min(found, key=lambda sig: sig.id) if found else None
 
     def _unclaimed(self, name: str) -> Signal | None:
         """The earliest signal called ``name`` delivered to this object (recorded in its
         memory, or in its inbox now) that no earlier wait returned."""
         claimed: set[int] = set()
-        for key, record in self._step.state.items():
+        # Records in memory, and those this cycle made without an entry yet (an earlier wait
+        # of this cycle that returned a signal at once).
+        for key, record in (*self._step.state.items(), *self.pending.items()):
             # Only operation records: a progress value or a handler's own key may look alike.
-            if not _is_record_key(key) or not isinstance(record, dict):
+            if not is_record_key(key) or not isinstance(record, dict):
                 continue
             if record.get("op") == "signal" and record.get("name") == name:
-                got = self._resolve(record) if "signal" in record or _woken(record, self._step) else None
+                got = self._resolve(record) if "signal" in record or woken(record, self._step) else None
                 if got is not None:
                     claimed.add(got.id)
         found: dict[int, Signal] = {}
         for entry in self._step.memory:
             for s in entry.outcome.get("signals", ()):
                 if s.get("name") == name and s.get("id", 0) not in claimed:
-                    found.setdefault(s.get("id", 0), _signal_in(s))
+                    found.setdefault(s.get("id", 0), signal_in(s))
         for sig in self._step.signals:
             if sig.name == name and sig.id not in claimed:
                 found.setdefault(sig.id, sig)
         return found[min(found)] if found else None
-
-
-def initial_goal(step: Step) -> dict[str, Any]:
-    """The goal the object was created with (entry 0's): a durable function's arguments on
-    every re-run, also after ``run.refine`` changed the goal, so that the code reaches the
-    same operations."""
-    memory = step.memory
-    first = memory[0] if len(memory) else None
-    if first is not None and first.seq == 0 and first.action is Action.INSTANTIATE:
-        intent = first.outcome.get("intent")
-        goal = intent.get("goal") if isinstance(intent, dict) else None
-        if isinstance(goal, dict):
-            return goal
-    return step.goal
 
 
 def _current_task() -> object:
@@ -470,44 +497,3 @@ def _current_task() -> object:
         return asyncio.current_task()
     except RuntimeError:
         return None
-
-
-def _is_record_key(key: str) -> bool:
-    return key.startswith("fn.") and key[3:].isdigit()
-
-
-def _unix_time(when: object) -> float | None:
-    """``when`` as Unix seconds, or None if it is neither a finite number nor an aware datetime."""
-    if isinstance(when, datetime.datetime):
-        return when.timestamp() if when.utcoffset() is not None else None
-    if isinstance(when, bool) or not isinstance(when, int | float):
-        return None
-    return float(when) if math.isfinite(when) else None
-
-
-def _show(value: object) -> str:
-    """``value`` for an error message, briefly."""
-    if isinstance(value, datetime.datetime) and value.utcoffset() is None:
-        return f"the naive datetime {value.isoformat()} (give it a tzinfo)"
-    text = repr(value)
-    return text if len(text) <= 60 else f"a {type(value).__name__}"
-
-
-def _describe(op: object, name: object) -> str:
-    return f"{op} {name!r}" if name is not None else str(op)
-
-
-def _signal_out(sig: Signal) -> dict[str, Any]:
-    out = {"id": sig.id, "name": sig.name, "payload": sig.payload}
-    if sig.sender is not None:
-        out["sender"] = sig.sender
-    return out
-
-
-def _signal_in(out: dict[str, Any]) -> Signal:
-    return Signal(out["name"], out.get("payload"), out.get("id", 0), sender=out.get("sender"))
-
-
-def _woken(record: dict[str, Any], step: Step) -> bool:
-    """Has the wait ``record`` describes ended (its reentry entry is in memory)?"""
-    return len(step.memory) > int(record["seq"]) + 1

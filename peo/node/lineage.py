@@ -46,14 +46,28 @@ class Lineage:
                 return False
         return True
 
-    async def results(self, fold: Fold) -> dict[str, Any]:
-        """Each terminated child's id mapped to its result (None if it ended without one)."""
+    async def results(self, fold: Fold) -> tuple[dict[str, Any], dict[str, str]]:
+        """Each terminated child's id mapped to its result (None if it ended without one),
+        and each that ended without success (not done: failed, cancelled, quarantined, missing)
+        mapped to why (``Step.children`` and ``Step.failed_children``)."""
         out: dict[str, Any] = {}
+        failed: dict[str, str] = {}
         for cid, row in (await self._rows(fold)).items():
             ended, head = await self._child(fold.object_id, cid, row)
-            if ended and head is not None:
-                out[cid] = head.result
-        return out
+            if not ended:
+                continue
+            if head is None:  # not in ``out``: it has no chain to read a result from
+                if row is None:
+                    failed[cid] = "missing"
+                elif row.status is Status.QUARANTINED:
+                    failed[cid] = f"quarantined: {row.reason or 'no reason recorded'}"
+                else:  # quarantined just now, by this read
+                    failed[cid] = "quarantined: its chain does not verify"
+                continue
+            out[cid] = head.result
+            if head.reason != "done":
+                failed[cid] = head.reason or "ended without a reason"
+        return out, failed
 
     async def _rows(self, fold: Fold) -> dict[str, ObjectRow | None]:
         """The rows of the children ``fold`` names, in its order (None: no such row). One

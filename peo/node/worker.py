@@ -231,6 +231,7 @@ class Worker:
         """Run one handler step and conclude its proposal (or the exception it raised)."""
         node = self.node
         handler = node.app.handlers[fold.intent.handler]
+        children, failed_children = await self.lineage.results(fold) if fold.children else ({}, {})
         step = Step(
             object_id=fold.object_id,
             seq=fold.seq + 1,
@@ -239,7 +240,8 @@ class Worker:
             state=fold.state_view(),
             memory=memory,
             signals=(*fold.pending_signals, *signals),
-            children=await self.lineage.results(fold) if fold.children else {},
+            children=children,
+            failed_children=failed_children,
             attempt=fold.consecutive_failures + 1,
             cannot_do=frozenset(fold.cannot_do),
             first_seq=fold.attempt_seq,

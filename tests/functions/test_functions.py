@@ -245,13 +245,17 @@ async def test_children_are_gathered_in_order_with_lineage_and_their_results(sto
         calls["replay"] += 1
         doubled = await run.gather(*(run.child("double", x=x) for x in xs))
         alone = await run.child("double", x=100)
-        failed = await run.child("broken")
+        try:
+            await run.child("broken")
+        except peo.ChildFailed as exc:
+            failed = exc.reason
         return {"doubled": doubled, "alone": alone, "failed": failed}
 
     async with peo.Client(store_url) as client:
         oid = await client.submit("parent", goal={"xs": [1, 2, 3]})
         await run_idle(store_url, app)
-        assert await client.wait(oid, timeout=10) == {"doubled": [2, 4, 6], "alone": 200, "failed": None}
+        assert await client.wait(oid, timeout=10) == {"doubled": [2, 4, 6], "alone": 200,
+                                                   "failed": "failed: non-retryable failure"}
         kids = await client.list(parent=oid)
         assert len(kids) == 5 and all(k.parent == oid for k in kids)
         info = await client.get(oid)

@@ -25,6 +25,7 @@ from ..model import (
     Fail,
     Intent,
     Refine,
+    Retry,
     Sleep,
     Status,
     WaitSignal,
@@ -198,7 +199,10 @@ def _fail(t: Turn, p: Fail) -> Decision:
     # A Fail's own state update is recorded after the error (it is carried out: the
     # handler chose to fail with it).
     state = t.base.pop("state", None)
-    return t.fail(str(p.error_class)[:100], str(p.reason), retryable=bool(p.retryable), state=state)
+    retry = p.retry if isinstance(p.retry, Retry) else None
+    traceback = p.traceback if isinstance(p.traceback, str) else None
+    return t.fail(str(p.error_class)[:100], str(p.reason), retryable=bool(p.retryable), state=state,
+                  traceback=traceback, retry=retry)
 
 
 def _cannot_do(t: Turn, p: CannotDo) -> Decision:

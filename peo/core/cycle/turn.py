@@ -61,7 +61,8 @@ class Turn:
         return attrs.evolve(terminate(reason, **{**self.base, **extra}), effects=self.consumed)
 
     def fail(self, error_class: str, message: str, *, retryable: bool, kind: str = "failed",
-             state: dict[str, Any] | None = None, traceback: str | None = None) -> Decision:
+             state: dict[str, Any] | None = None, traceback: str | None = None,
+             retry: Retry | None = None) -> Decision:
         """A failed step: back off and retry, or end the object past its failure threshold.
 
         ``kind`` "refused" or "invalid" means the proposal was not carried out, nor its state
@@ -71,7 +72,8 @@ class Turn:
         a value that cannot be stored) is a handler bug that would recur on every attempt:
         the object ends at once instead of being retried as if the failure were transient.
         ``traceback`` (the handler's, formatted by the node) is kept up to the policy's
-        ``max_traceback_bytes``, its last lines kept.
+        ``max_traceback_bytes``, its last lines kept. ``retry`` (a :class:`~peo.Fail`'s own)
+        comes before the intent's and the handler's settings.
         """
         error: dict[str, Any] = {"class": error_class, "message": message[:2000], "retryable": retryable}
         limit = self.policy.max_traceback_bytes
@@ -88,17 +90,20 @@ class Turn:
         if state:
             extra["state"] = state
         fold, policy, c, r = self.fold, self.policy, self.fold.intent.constraints, self.retry or _NO_RETRY
+        s = retry or _NO_RETRY
         failures = fold.consecutive_failures + 1
-        # Each setting: the intent's constraints, then the handler's Retry, then the policy;
-        # the policy's is also the ceiling (and backoff_ns caps the delay at its retry_max).
-        threshold = min(_first(c.max_failures, r.max_attempts, policy.max_failures), policy.max_failures)
+        # Each setting: the failure's own Retry, the intent's constraints, the handler's
+        # Retry, then the policy; the policy's is also the ceiling (and backoff_ns caps the
+        # delay at its retry_max).
+        threshold = min(_first(s.max_attempts, c.max_failures, r.max_attempts, policy.max_failures),
+                        policy.max_failures)
         if not retryable or failures >= threshold:
             why = "failure threshold exceeded" if retryable else "non-retryable failure"
             return attrs.evolve(terminate(f"failed: {why}", **extra), effects=self.consumed)
         if kind in NOT_CARRIED_OUT:
             return Decision(Action.EXECUTE, {**extra, "status": kind}, Status.RUNNABLE, effects=self.consumed)
-        delay = policy.backoff_ns(failures, error_class, self.latency_ns, _first(c.retry_base, r.base),
-                                  _first(c.retry_max, r.max),
+        delay = policy.backoff_ns(failures, error_class, self.latency_ns, _first(s.base, c.retry_base, r.base),
+                                  _first(s.max, c.retry_max, r.max),
                                   hashlib.sha256(f"{fold.object_id}:{fold.seq + 1}".encode()).digest())
         wake = Wake(until=self.now + delay)
         outcome = {**extra, "wake": wake.as_outcome(), "retry_in": delay}
