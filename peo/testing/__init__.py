@@ -11,7 +11,9 @@ proposals), :mod:`.script` (the scripted handler, scripts, expected_actions),
 :mod:`.cycle` (run_one_cycle), :mod:`.checks` (the machine's invariants), :mod:`.machine`
 (ResumptionMachine, run_resumption_tests), :mod:`.timeskip` (FunctionEnv: a temporary
 store, a fake clock that jumps to the next timer, crashes after any entry; see
-docs/testing.md), :mod:`.faults`, :mod:`.chaos`; ``python -m peo.testing`` runs :func:`main`.
+docs/testing.md), :mod:`.programs` (random durable-function programs; run_function, which
+runs a function to its end with crashes armed), :mod:`.faults`, :mod:`.chaos`; ``python -m
+peo.testing`` runs :func:`main`.
 
 Property-based resumption tests
 -------------------------------
@@ -76,6 +78,17 @@ if TYPE_CHECKING:
     from .__main__ import main
     from .cycle import run_one_cycle
     from .machine import ResumptionMachine, run_resumption_tests
+    from .programs import (
+        Effect,
+        FunctionRun,
+        Program,
+        SendSignal,
+        crash_points,
+        programs,
+        register_programs,
+        run_function,
+        run_program,
+    )
     from .script import NOISE_SIGNAL, SCRIPT_HANDLER, ScriptError, expected_actions, scripted_app, scripts
     from .strategies import intents, plain_values, proposals
     from .timeskip import Crash, FunctionEnv, StuckError
@@ -84,17 +97,26 @@ __all__ = [
     "NOISE_SIGNAL",
     "SCRIPT_HANDLER",
     "Crash",
+    "Effect",
     "FakeClock",
     "FunctionEnv",
+    "FunctionRun",
+    "Program",
     "ResumptionMachine",
     "ScriptError",
+    "SendSignal",
     "StuckError",
+    "crash_points",
     "expected_actions",
     "intents",
     "main",
     "plain_values",
+    "programs",
     "proposals",
+    "register_programs",
+    "run_function",
     "run_one_cycle",
+    "run_program",
     "run_resumption_tests",
     "scripted_app",
     "scripts",
@@ -119,6 +141,15 @@ _LAZY = {
     "FunctionEnv": ".timeskip",
     "Crash": ".timeskip",
     "StuckError": ".timeskip",
+    "Effect": ".programs",
+    "FunctionRun": ".programs",
+    "Program": ".programs",
+    "SendSignal": ".programs",
+    "crash_points": ".programs",
+    "programs": ".programs",
+    "register_programs": ".programs",
+    "run_function": ".programs",
+    "run_program": ".programs",
 }
 
 
