@@ -2,9 +2,10 @@
 
 The demo runs on the embedded default store (``sqlite:///peo.db`` in the current
 directory, or ``--store``). It submits a small fleet whose handlers between them use all
-six actions, starts two node processes, kills one with SIGKILL mid-run, lets the other
-take over, answers a human-in-the-loop wait with a signal, and ends by verifying every
-chain. Everything is local: no network, no API keys.
+six actions, and one durable function (``brief``: steps, a durable sleep and two children,
+written as ordinary async code), starts two node processes, kills one with SIGKILL mid-run,
+lets the other take over, answers a human-in-the-loop wait with a signal, and ends by
+verifying every chain. Everything is local: no network, no API keys.
 """
 
 from __future__ import annotations
@@ -18,11 +19,27 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
-from . import App, CannotDo, Client, Continue, Delegate, Done, Fail, Intent, Node, Refine, Sleep, Step, WaitSignal
+from . import (
+    App,
+    CannotDo,
+    Client,
+    Continue,
+    Delegate,
+    Done,
+    Fail,
+    Intent,
+    Node,
+    Refine,
+    Run,
+    Sleep,
+    Step,
+    WaitSignal,
+)
 from .config import DEFAULT_STORE, store_url
-from .core.model import Action, Status
+from .core.model import Action, Entry, Status
 from .errors import PeoError
 from .node.signals import serve_until_signalled
 
@@ -105,8 +122,48 @@ def sleeper(step: Step) -> Any:
     return Done("rested")
 
 
+def _search(topic: str) -> list[str]:
+    """A pretend search: a step's side effect, run once; a re-run reads its recorded result."""
+    time.sleep(_WORK)
+    return [text for text in _TEXTS if "objects" in text]
+
+
+def _count_words(text: str) -> int:
+    time.sleep(_WORK)
+    return len(text.split())
+
+
+def _compose(topic: str, sources: list[str], words: list[int]) -> dict[str, Any]:
+    time.sleep(_WORK)
+    return {"topic": topic, "sources": len(sources), "words": sum(words)}
+
+
+@app.function("brief", version="demo-1")
+async def brief(run: Run, topic: str) -> dict[str, Any]:
+    """A durable function (execute, dormancy, reentry, delegate, terminate): a search step,
+    a durable sleep, a summary of each source by a child, a last step. Whichever node wakes
+    it re-runs it from the top, recorded operations returning their recorded results."""
+    sources = await run.step(_search, topic)
+    run.progress({"sources": len(sources), "now": "resting"})
+    await run.sleep(seconds=1.0)  # dormant: no node holds it meanwhile (a SIGKILL loses nothing)
+    run.progress({"sources": len(sources), "now": "summarising"})
+    words = await run.gather(*(run.child("summarise", text=text) for text in sources))
+    result: dict[str, Any] = await run.step(_compose, topic, sources, words)
+    return result
+
+
+@app.function("summarise")
+async def summarise(run: Run, text: str) -> int:
+    """A durable function as a child: one step, its result returned to the parent."""
+    return int(await run.step(_count_words, text))
+
+
+#: The demo's durable functions started by the fleet (their children are counted with them).
+_FUNCTIONS = ("brief",)
+
 _FLEET = [("research", {"docs": 8})] * 8 + [("approval", {})] * 2 + [("planner", {"topic": "durability"})] * 2 \
-    + [("flaky", {})] * 2 + [("sleeper", {})] * 2
+    + [("flaky", {})] * 2 + [("sleeper", {})] * 2 + [("brief", {"topic": "durability"})]
+_BRIEF_AT = [handler for handler, _ in _FLEET].index("brief")
 
 
 def _worker(argv: list[str]) -> int:
@@ -143,6 +200,7 @@ async def _run(store: str, kill: bool, timeout: float) -> int:
         started = time.monotonic()
         killed_at: float | None = None
         approved: set[str] = set()
+        returned: set[str] = set()
         last = ""
         try:
             while True:
@@ -169,6 +227,12 @@ async def _run(store: str, kill: bool, timeout: float) -> int:
                         await client.signal(r.id, "approve", {"approved": True, "by": "a human (the demo)"})
                         approved.add(r.id)
                         _say(f"  {time.monotonic() - started:5.1f}s  a human approves {r.id} (signal)")
+                for r in rows:
+                    if r.handler in _FUNCTIONS and r.status.is_final and r.id not in returned:
+                        returned.add(r.id)
+                        info = await client.get(r.id)
+                        _say(f"  {time.monotonic() - started:5.1f}s  the durable function {r.handler} returned "
+                             f"{info.result} ({_writers(info.memory)})")
                 if rows and all(r.status.is_final for r in rows):
                     break
                 if time.monotonic() - started > timeout:
@@ -187,13 +251,25 @@ async def _run(store: str, kill: bool, timeout: float) -> int:
         return await _report(client, store, ids, fleet, kill, time.monotonic() - started)
 
 
+def _writers(memory: Sequence[Entry]) -> str:
+    """Which nodes wrote an object's entries, in the order they first did."""
+    nodes = list(dict.fromkeys(e.origin_node for e in memory[1:]))
+    return "written by " + " and ".join(nodes) if nodes else "nothing written"
+
+
 async def _report(client: Client, store: str, ids: list[str], fleet: set[str], kill: bool, elapsed: float) -> int:
     """Verify every chain and say what happened, from the memories themselves."""
     verified, takeovers, actions, steps = 0, 0, Counter[str](), 0
+    functions: list[str] = []
     for oid in sorted(fleet):
         await client.verify(oid)
         verified += 1
         info = await client.get(oid)
+        if info.intent.handler in _FUNCTIONS and info.context.parent is None:
+            ops = Counter(e.action for e in info.memory[1:])
+            functions.append(f"the durable function {info.intent.handler} ({oid}): "
+                             + ", ".join(f"{a} x{ops[a]}" for a in Action if ops[a])
+                             + f"; chain verified; result {info.result}")
         writers = [e.origin_node for e in info.memory[1:]]
         steps += len(writers)
         actions.update(str(e.action) for e in info.memory[1:])
@@ -207,11 +283,15 @@ async def _report(client: Client, store: str, ids: list[str], fleet: set[str], k
         _say(f"takeovers after the SIGKILL: {takeovers} objects continued by demo-b where demo-a stopped")
     _say("actions used: " + ", ".join(f"{a} x{actions[str(a)]}" for a in Action if a is not Action.INSTANTIATE))
     _say(f"every chain verified: {verified} objects, all signatures and hash links intact")
+    for line in functions:
+        _say(line)
     flag = "" if store == DEFAULT_STORE else f" --store {shlex.quote(store)}"  # quoted: zsh globs ?
     _say("")
     _say("try next:")
     _say(f"  peo{flag} ls")
     _say(f"  peo{flag} show {ids[10]}")
+    if len(ids) > _BRIEF_AT:
+        _say(f"  peo{flag} show {ids[_BRIEF_AT]}")  # the durable function: its operations and progress
     _say(f"  peo{flag} verify")
     missing = [a for a in Action if a is not Action.INSTANTIATE and actions[str(a)] == 0]
     return 0 if finished == len(done) and not missing else 1

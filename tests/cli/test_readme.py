@@ -44,6 +44,11 @@ def test_the_demo_command_runs_the_main_job(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SIGKILL" in result.stdout and "every chain verified" in result.stdout
     assert "Traceback" not in result.stderr
+    # The durable function ran beside the handlers, and its chain is among those verified.
+    result_text = "{'topic': 'durability', 'sources': 2, 'words': 17}"
+    assert f"the durable function brief returned {result_text}" in result.stdout
+    assert re.search(r"the durable function brief \(\S+\): execute x2, delegate x1, dormancy x1, reentry x2, "
+                     r"terminate x1; chain verified; result " + re.escape(result_text), result.stdout)
 
 
 def test_the_cli_tour_runs_as_written(tmp_path: Path) -> None:
