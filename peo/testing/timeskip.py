@@ -92,8 +92,10 @@ class _Process:
 class FunctionEnv:
     """Run ``app``'s durable functions and handlers on a temporary store with a fake clock.
 
-    ``FunctionEnv(app, policy=None, concurrency=32, lease_ttl=1.5)``; use it as ``async with
-    FunctionEnv(app) as env: ...`` (the store is created on entry and deleted on exit).
+    ``FunctionEnv(app, policy=None, concurrency=32, lease_ttl=1.5, store=None)``; use it as
+    ``async with FunctionEnv(app) as env: ...`` (the store is created on entry and deleted on
+    exit). ``store=URL`` runs on that store instead (say, a PostgreSQL schema of its own), which
+    the env leaves in place.
     ``env.clock`` is the fake clock every node of the env uses, ``env.client`` a
     :class:`~peo.Client` of the same store (to read memories: ``await
     env.client.get(oid)``), ``env.crashes`` the crashes injected so far.
@@ -103,9 +105,12 @@ class FunctionEnv:
     """
 
     def __init__(self, app: App, *, policy: Policy | None = None, concurrency: int = 32,
-                 lease_ttl: float = 1.5) -> None:
+                 lease_ttl: float = 1.5, store: str | None = None) -> None:
         if not isinstance(app, App):
             raise UsageError("FunctionEnv needs a peo.App")
+        if store is not None and not isinstance(store, str):
+            raise UsageError("FunctionEnv's store= must be a store URL (sqlite:///... or postgresql://...)")
+        self._given_url = store
         self.app = app
         self.clock = FakeClock()
         self.policy = policy
@@ -128,9 +133,12 @@ class FunctionEnv:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def __aenter__(self) -> FunctionEnv:
-        self._directory = tempfile.mkdtemp(prefix="peo-env-")
-        # durability=normal: the env simulates crashed processes, not lost power: no fsync.
-        self.url = f"sqlite:///{os.path.join(self._directory, 'peo.db')}?durability=normal"
+        if self._given_url is not None:
+            self.url = self._given_url
+        else:
+            self._directory = tempfile.mkdtemp(prefix="peo-env-")
+            # durability=normal: the env simulates crashed processes, not lost power: no fsync.
+            self.url = f"sqlite:///{os.path.join(self._directory, 'peo.db')}?durability=normal"
         try:
             self._store = open_store(self.url)
             await self._store.open()

@@ -215,9 +215,10 @@ def pipeline_app(calls: Counter[str]) -> peo.App:
 EXPECTED_CALLS = Counter({"fetch": 1, "publish": 1, "summarize bees/a": 1, "summarize bees/b": 1})
 
 
-async def test_a_crash_after_any_entry_resumes_on_a_new_node_without_re_running_a_recorded_step() -> None:
+async def test_a_crash_after_any_entry_resumes_on_a_new_node_without_re_running_a_recorded_step(
+        store_url: str) -> None:
     calls: Counter[str] = Counter()
-    async with FunctionEnv(pipeline_app(calls)) as env:
+    async with FunctionEnv(pipeline_app(calls), store=store_url) as env:
         oid = await env.submit("pipeline", topic="bees")
         uninterrupted = await asyncio.wait_for(env.result(oid), GUARD)
         last = (await env.client.get(oid)).seq
@@ -227,7 +228,8 @@ async def test_a_crash_after_any_entry_resumes_on_a_new_node_without_re_running_
 
     for seq in range(1, last + 1):
         calls.clear()
-        async with FunctionEnv(pipeline_app(calls)) as env:
+        # One store for every run: each is its own object, and the crash targets only it.
+        async with FunctionEnv(pipeline_app(calls), store=store_url) as env:
             oid = await env.submit("pipeline", topic="bees")
             env.crash_after(seq, object_id=oid)
             assert await asyncio.wait_for(env.result(oid), GUARD) == uninterrupted, f"crash after {seq}"
