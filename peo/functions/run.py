@@ -247,9 +247,8 @@ class Run:
                 raise Suspend(retry_step(label, exc, retry)) from None
             outcome: dict[str, Any] = {"error": final}
         else:
-            try:
+            try:  # the node checks the entry too; this says which step's result is wrong
                 check_value(result, _RESULT_LIMITS, what=f"the result of step {label!r}")
-                packb(result)
             except CodecError as exc:
                 raise self._raise(UsageError(f"{exc} (a step's result must be plain data: None, bool, int, "
                                              "float, str, bytes, lists and dicts with string keys)")) from None

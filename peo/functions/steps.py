@@ -37,6 +37,8 @@ async def attempt_step(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Ma
     """Call ``fn`` once: awaited if async, else in a thread (and its result awaited if it is
     awaitable: a lambda returning a coroutine). Past ``timeout`` seconds, StepTimeout; a
     sync function's thread cannot be stopped, so it runs on and its result is dropped."""
+    if timeout is None and inspect.iscoroutinefunction(fn):
+        return await fn(*args, **kwargs)  # the common case, without a coroutine around it
     import asyncio  # here, so that importing peo loads no event loop machinery
 
     async def call() -> Any:
