@@ -117,10 +117,18 @@ class NodeSettings:
     policy: str | None = attrs.field(default=None, validator=_optional_text("policy"))  # policy file
     key_file: str | None = attrs.field(default=None, validator=_optional_text("key_file"))
     app: str | None = attrs.field(default=None, validator=_optional_text("app"))  # MODULE:ATTR
+    # Self-healing and safe density (docs/operations.md): the memory budget ("400MiB",
+    # "2GiB", "auto": the cgroup's memory.max; None: no budget), claims without progress
+    # (or failed steps of one error class) before the next tier, and the alert sinks of a
+    # quarantine (a command run with the alert as JSON on stdin; a URL POSTed to).
+    memory_limit: str | None = attrs.field(default=None, validator=_optional_text("memory_limit"))
+    max_recoveries: int = attrs.field(default=5, validator=_positive_int("max_recoveries"))
+    alert_command: str | None = attrs.field(default=None, validator=_optional_text("alert_command"))
+    alert_webhook: str | None = attrs.field(default=None, validator=_optional_text("alert_webhook"))
 
     #: The keys a profile may set (all of them).
     KEYS = ("node_id", "concurrency", "lease_ttl", "poll_interval", "idle_horizon", "store", "policy",
-            "key_file", "app")
+            "key_file", "app", "memory_limit", "max_recoveries", "alert_command", "alert_webhook")
 
     def with_options(self, **options: Any) -> NodeSettings:
         """These settings with ``options`` replaced (``None`` values are ignored)."""

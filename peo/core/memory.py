@@ -20,7 +20,7 @@ from .crypto import Keyring, SigningKey
 from .model import Action, Constraints, Context, Entry, Intent, Signal, Status
 from .wake import Wake
 
-__all__ = ["Fold", "Verified", "genesis", "instantiation_outcome", "make_entry", "verify_chain"]
+__all__ = ["Fold", "Verified", "genesis", "instantiation_outcome", "make_entry", "state_at", "verify_chain"]
 
 
 def genesis(object_id: str) -> bytes:
@@ -151,6 +151,23 @@ def _state_size(key: str, value: Any) -> int:
     return len(key) + len(packb(value))
 
 
+def state_at(entries: Sequence[Entry], seq: int) -> dict[str, Any]:
+    """The working state after entry ``seq`` of a verified memory (``entries`` from seq 0):
+    what a restore to ``seq`` sets the state back to."""
+    state: dict[str, Any] = {}
+    for entry in entries:
+        if entry.seq > seq:
+            break
+        out = entry.outcome
+        reset = out.get("reset")
+        if reset is not None:
+            state = dict(reset)
+        update = out.get("state")
+        if update:
+            state.update(update)
+    return state
+
+
 class Fold:
     """The running summary of a verified chain: what the cycle and the handler read.
 
@@ -180,11 +197,13 @@ class Fold:
         "failures",
         "hash",
         "intent",
+        "known_good_seq",
         "last_error_class",
         "last_latency",
         "object_id",
         "pending_signals",
         "reason",
+        "restored_seq",
         "result",
         "seq",
         "signal_nonces",
@@ -226,6 +245,10 @@ class Fold:
         # every attempt of one step shares its idempotency key ("object id:attempt_seq")
         # until the step succeeds. None: the next step starts afresh at seq + 1.
         self.attempt_seq: int | None = None
+        # Self-healing (peo.healing): the seq of the last step that succeeded (its state is
+        # the known-good one a restore goes back to), and of the last restore entry.
+        self.known_good_seq = first.seq
+        self.restored_seq: int | None = None
 
     @classmethod
     def of(cls, entries: Sequence[Entry]) -> Fold:
@@ -274,6 +297,13 @@ class Fold:
         out = entry.outcome
         self.seq = entry.seq
         self.hash = entry.hash
+        reset = out.get("reset")
+        if reset is not None:  # a restore: the whole state as it was at an earlier seq
+            self.state = dict(reset)
+            self._state_sizes, self._state_total = {}, 0
+            self._unmeasured = set(self.state)
+            self._state_bound = len(entry.body)
+            self.restored_seq = entry.seq
         update = out.get("state")
         if update:
             self.state.update(update)
@@ -295,6 +325,8 @@ class Fold:
             if kind == "ok":
                 self.consecutive_failures = 0
                 self.attempt_seq = None
+                if reset is None:
+                    self.known_good_seq = entry.seq
             elif kind in ("refused", "invalid"):
                 self.consecutive_failures += 1
                 self.failures += 1
@@ -319,15 +351,17 @@ class Fold:
         elif action is Action.DORMANCY:
             self.steps += 1
             self.pending_signals = ()
-            if out.get("status") == "failed":
+            kind = out.get("status")
+            if kind == "failed":
                 self.consecutive_failures += 1
                 self.failures += 1
                 self.last_error_class = out.get("error", {}).get("class")
                 if self.attempt_seq is None:
                     self.attempt_seq = entry.seq
-            else:
+            elif kind != "shed":  # a node shedding load is neither a success nor a failure
                 self.consecutive_failures = 0
                 self.attempt_seq = None
+                self.known_good_seq = entry.seq
             self.status = Status.DORMANT
             self.wait = out["wake"]
         elif action is Action.REENTRY:

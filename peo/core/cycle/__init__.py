@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from .conclude import conclude
 from .decision import ALLOWED, RUN_HANDLER, Child, Consume, Decision, Effect, Release, Spawn, check_allowed
-from .plan import plan
+from .plan import plan, restore, shed
 from .proposals import PROPOSALS, Rule
 
 __all__ = [
@@ -60,4 +60,6 @@ __all__ = [
     "check_allowed",
     "conclude",
     "plan",
+    "restore",
+    "shed",
 ]

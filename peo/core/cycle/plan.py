@@ -9,10 +9,10 @@ from ...errors import UsageError
 from ..memory import Fold
 from ..model import CANCEL_SIGNAL, LIVE_STATUSES, Action, Signal, Status
 from ..policy import Policy
-from ..wake import Trigger, trigger
+from ..wake import Trigger, Wake, trigger
 from .decision import RUN_HANDLER, Consume, Decision, Release, _RunHandler, check_allowed, signals_out
 
-__all__ = ["plan", "reentry", "terminate"]
+__all__ = ["plan", "reentry", "restore", "shed", "terminate"]
 
 
 def terminate(reason: str, *, consumed: Sequence[Signal] = (), **extra: Any) -> Decision:
@@ -32,6 +32,23 @@ def reentry(trigger: Trigger, signals: Sequence[Signal]) -> Decision:
         outcome["signals"] = signals_out(signals)
         effects = (Consume(tuple(s.id for s in signals)),)
     return Decision(Action.REENTRY, outcome, Status.RUNNABLE, effects=effects)
+
+
+def shed(reason: str, *, until: int) -> Decision:
+    """The node, not the handler, puts a runnable object to sleep until ``until`` (ns) at a
+    step boundary (reason ``memory``: the node is short of memory). Status ``shed``: neither
+    a success nor a failure, so a failure streak goes on counting across it."""
+    wake = Wake(until=until)
+    outcome = {"status": "shed", "shed": reason, "wake": wake.as_outcome()}
+    return Decision(Action.DORMANCY, outcome, Status.DORMANT, wake)
+
+
+def restore(seq: int, state: dict[str, Any], *, reason: str, by: str) -> Decision:
+    """Set the working state back to ``state``, what it was after entry ``seq`` (a mutate
+    entry recording both, and why, and who asked: ``node`` for self-healing or ``operator``).
+    The history before it stays; the object is runnable after it."""
+    outcome = {"status": "ok", "new": {}, "restore": {"seq": seq, "reason": reason, "by": by}, "reset": state}
+    return Decision(Action.MUTATE, outcome, Status.RUNNABLE)
 
 
 def plan(

@@ -90,6 +90,26 @@ MIGRATIONS: list[str] = [
     ALTER TABLE {s}.objects ADD COLUMN root TEXT;
     CREATE INDEX objects_root ON {s}.objects (root) WHERE root IS NOT NULL;
     """,
+    # 5: self-healing (issue 14): claims without progress, and alert deliveries. See the
+    # SQLite store's 8.
+    """
+    ALTER TABLE {s}.objects ADD COLUMN claim_seq BIGINT;
+    ALTER TABLE {s}.objects ADD COLUMN stalls INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE {s}.objects ADD COLUMN stalled_on TEXT;
+    CREATE TABLE {s}.alerts (
+        object_id TEXT NOT NULL,
+        incident TEXT NOT NULL,
+        sink TEXT NOT NULL,
+        payload BYTEA NOT NULL,
+        created_at BIGINT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at BIGINT NOT NULL,
+        delivered_at BIGINT,
+        last_error TEXT,
+        PRIMARY KEY (object_id, incident, sink)
+    );
+    CREATE INDEX alerts_due ON {s}.alerts (next_at) WHERE delivered_at IS NULL;
+    """,
 ]
 
 

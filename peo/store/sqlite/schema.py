@@ -123,6 +123,29 @@ MIGRATIONS: list[str] = [
     ALTER TABLE objects ADD COLUMN root TEXT;
     CREATE INDEX objects_root ON objects (root) WHERE root IS NOT NULL;
     """,
+    # 8: self-healing (issue 14). Each claim records the seq it began at (claim_seq); a claim
+    # that ends without progress (its node died or gave up holding the object, the seq
+    # unchanged) adds one to stalls and its node to stalled_on (newest first, one per line),
+    # across nodes and restarts; progress resets stalls. Alerts: one row per object,
+    # incident and sink, so that a delivery is neither lost nor repeated across restarts.
+    """
+    ALTER TABLE objects ADD COLUMN claim_seq INTEGER;
+    ALTER TABLE objects ADD COLUMN stalls INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE objects ADD COLUMN stalled_on TEXT;
+    CREATE TABLE alerts (
+        object_id TEXT NOT NULL,
+        incident TEXT NOT NULL,
+        sink TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at INTEGER NOT NULL,
+        delivered_at INTEGER,
+        last_error TEXT,
+        PRIMARY KEY (object_id, incident, sink)
+    );
+    CREATE INDEX alerts_due ON alerts (next_at) WHERE delivered_at IS NULL;
+    """,
 ]
 
 
