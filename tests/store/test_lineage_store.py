@@ -85,8 +85,13 @@ async def test_an_append_that_would_take_a_tree_past_its_bound_writes_nothing(st
 
 # -- upgrading a store from before issue 19 ----------------------------------------------------
 
-#: What each store's migrations before issue 19 leave out (in the order to undo them).
+#: What each store's migrations before issue 19 leave out (in the order to undo them):
+#: the later migrations' first (issue 14's), then issue 19's.
 _UNDO = (
+    "DROP TABLE {s}alerts",
+    "ALTER TABLE {s}objects DROP COLUMN stalled_on",
+    "ALTER TABLE {s}objects DROP COLUMN stalls",
+    "ALTER TABLE {s}objects DROP COLUMN claim_seq",
     "DROP INDEX {s}inbox_object_name",
     "ALTER TABLE {s}inbox DROP COLUMN seal",
     "DROP TABLE {s}refused_signals",

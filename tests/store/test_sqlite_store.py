@@ -38,7 +38,7 @@ def table_sql(path: str, name: str) -> str:
 def downgrade_to_version_2(path: str) -> None:
     """Rewrite a store into exactly the layout migrations 1 and 2 produced (entries keyed by
     (object_id, seq) WITHOUT ROWID, a status index, no claim index, no nodes table, no labels
-    column, no seals, refused signals or roots), keeping its rows."""
+    column, no seals, refused signals or roots, no stall counts or alerts), keeping its rows."""
     with sqlite3.connect(path, isolation_level=None) as db:
         db.executescript(
             """
@@ -59,6 +59,10 @@ def downgrade_to_version_2(path: str) -> None:
             DROP TABLE refused_signals;
             DROP INDEX objects_root;
             ALTER TABLE objects DROP COLUMN root;
+            DROP TABLE alerts;
+            ALTER TABLE objects DROP COLUMN stalled_on;
+            ALTER TABLE objects DROP COLUMN stalls;
+            ALTER TABLE objects DROP COLUMN claim_seq;
             DELETE FROM peo_schema WHERE version > 2;
             COMMIT;
             """
