@@ -152,9 +152,16 @@ class NodeSettings:
         if len(raw) > _PROFILE_LIMIT:
             raise UsageError(f"profile {path} is larger than {_PROFILE_LIMIT} bytes")
         try:
-            doc = tomllib.loads(raw.decode("utf-8"))
+            text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise UsageError(f"profile {path} is not UTF-8 text") from None
+        return cls.from_profile_text(text, str(path), **overrides)
+
+    @classmethod
+    def from_profile_text(cls, text: str, path: str, **overrides: Any) -> NodeSettings:
+        """Settings from the text of a node profile read from ``path`` (named in errors)."""
+        try:
+            doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise UsageError(f"profile {path} is not valid TOML: {exc}") from None
         unknown = sorted(set(doc) - set(cls.KEYS))

@@ -191,6 +191,7 @@ class Fold:
         "_unmeasured",
         "attempt_seq",
         "cannot_do",
+        "checkpoint_seq",
         "children",
         "consecutive_failures",
         "context",
@@ -203,6 +204,7 @@ class Fold:
         "object_id",
         "pending_signals",
         "reason",
+        "restore_target",
         "restored_seq",
         "result",
         "seq",
@@ -245,10 +247,19 @@ class Fold:
         # every attempt of one step shares its idempotency key ("object id:attempt_seq")
         # until the step succeeds. None: the next step starts afresh at seq + 1.
         self.attempt_seq: int | None = None
-        # Self-healing (peo.healing): the seq of the last step that succeeded (its state is
-        # the known-good one a restore goes back to), and of the last restore entry.
+        # Self-healing (peo.healing): the seq of the last step that succeeded, of the last
+        # one a handler marked as a checkpoint, of the last restore entry, and the seq that
+        # restore went back to.
         self.known_good_seq = first.seq
+        self.checkpoint_seq: int | None = None
         self.restored_seq: int | None = None
+        self.restore_target: int | None = None
+
+    @property
+    def known_good(self) -> int:
+        """The seq whose state a self-healing restore goes back to: the last checkpoint a
+        handler marked, else the last step that succeeded."""
+        return self.checkpoint_seq if self.checkpoint_seq is not None else self.known_good_seq
 
     @classmethod
     def of(cls, entries: Sequence[Entry]) -> Fold:
@@ -304,6 +315,7 @@ class Fold:
             self._unmeasured = set(self.state)
             self._state_bound = len(entry.body)
             self.restored_seq = entry.seq
+            self.restore_target = out.get("restore", {}).get("seq")
         update = out.get("state")
         if update:
             self.state.update(update)
@@ -327,6 +339,8 @@ class Fold:
                 self.attempt_seq = None
                 if reset is None:
                     self.known_good_seq = entry.seq
+                    if out.get("checkpoint") is True:
+                        self.checkpoint_seq = entry.seq
             elif kind in ("refused", "invalid"):
                 self.consecutive_failures += 1
                 self.failures += 1

@@ -240,9 +240,12 @@ class Signal:
 
 @attrs.frozen(kw_only=True)
 class Continue:
-    """Keep going: run another step soon."""
+    """Keep going: run another step soon. ``checkpoint=True`` marks the state after this
+    step as known-good: a self-healing restore goes back to it (not merely to the last step
+    that succeeded)."""
 
     state: dict[str, Any] | None = None
+    checkpoint: bool = attrs.field(default=False, kw_only=True)
 
 
 @attrs.frozen

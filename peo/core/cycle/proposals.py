@@ -40,6 +40,8 @@ _SECOND = 1_000_000_000
 
 
 def _continue(t: Turn, p: Continue) -> Decision:
+    if p.checkpoint is True:
+        return t.decide(Action.EXECUTE, Status.RUNNABLE, checkpoint=True)
     return t.decide(Action.EXECUTE, Status.RUNNABLE)
 
 
