@@ -12,6 +12,7 @@ from .core.codec import check_name
 from .core.model import Retry, Step
 from .errors import CodecError, UsageError
 from .functions import FunctionFn, function_handler
+from .healing.memory import parse_size
 
 __all__ = ["App", "Handler"]
 
@@ -26,6 +27,7 @@ class Handler:
     is_async: bool
     timeout: float | None  # seconds; None: the node policy's handler_timeout
     retry: Retry | None = None  # None: the intent's constraints, else the node policy, decide
+    memory: int | None = None  # bytes an object of it may hold (the memory budget's reserve); None: observed
 
 
 class App:
@@ -34,12 +36,14 @@ class App:
     def __init__(self) -> None:
         self.handlers: dict[str, Handler] = {}
 
-    def handler(self, name: str, *, timeout: float | None = None, retry: Retry | None = None) -> Callable[[F], F]:
+    def handler(self, name: str, *, timeout: float | None = None, retry: Retry | None = None,
+                memory: str | int | None = None) -> Callable[[F], F]:
         """Register a sync or async function as the handler for ``name``.
 
         ``retry`` (a :class:`~peo.Retry`) sets how its failed steps are retried: each of its
         settings applies where the object's intent sets none, and the node's policy applies
-        where neither does."""
+        where neither does. ``memory`` (``"200MiB"`` or bytes) is what one of its objects may
+        hold: a node with a memory budget reserves it before starting one (docs/operations.md)."""
         try:
             check_name(name, "handler name")
         except CodecError as exc:
@@ -48,17 +52,18 @@ class App:
             raise UsageError("a handler timeout must be a positive number of seconds")
         if retry is not None and not isinstance(retry, Retry):
             raise UsageError("retry must be a peo.Retry(base=, max=, max_attempts=, non_retryable=)")
+        reserve = None if memory is None else parse_size(memory, f"handler {name!r}: memory")
 
         def register(fn: F) -> F:
             if name in self.handlers:
                 raise UsageError(f"handler {name!r} is already registered")
-            self.handlers[name] = Handler(name, fn, inspect.iscoroutinefunction(fn), timeout, retry)
+            self.handlers[name] = Handler(name, fn, inspect.iscoroutinefunction(fn), timeout, retry, reserve)
             return fn
 
         return register
 
     def function(self, name: str, *, version: str | None = None, timeout: float | None = None,
-                 retry: Retry | None = None) -> Callable[[FunctionFn], FunctionFn]:
+                 retry: Retry | None = None, memory: str | int | None = None) -> Callable[[FunctionFn], FunctionFn]:
         """Register a durable function ``async def f(run: peo.Run, **goal)`` as ``name``.
 
         It becomes an ordinary handler: each operation it awaits (``run.step``, ``sleep``,
@@ -68,8 +73,8 @@ class App:
         a takeover it is re-run from the top, recorded operations returning their records
         (docs/concepts.md, "Durable functions"). ``version`` (default: a digest of the
         function's code) is recorded by the object's first entry (``run.version``).
-        ``timeout`` and ``retry`` apply to each of its steps as for :meth:`handler`."""
-        register = self.handler(name, timeout=timeout, retry=retry)
+        ``timeout``, ``retry`` and ``memory`` apply to each of its steps as for :meth:`handler`."""
+        register = self.handler(name, timeout=timeout, retry=retry, memory=memory)
 
         def wrap(fn: FunctionFn) -> FunctionFn:
             register(function_handler(fn, version=version))

@@ -72,14 +72,16 @@ def _node_key(args: argparse.Namespace, settings: NodeSettings) -> SigningKey:
 
 
 async def cmd_node(args: argparse.Namespace) -> int:
+    from ..healing.memory import parse_limit
     from ..store import open_store
 
     flags = {"app": args.app, "node_id": args.node_id, "concurrency": args.concurrency,
-             "lease_ttl": args.lease_ttl, "policy": args.policy}
+             "lease_ttl": args.lease_ttl, "policy": args.policy, "memory_limit": args.memory_limit}
     settings = (NodeSettings.from_profile(args.profile, **flags) if args.profile
                 else NodeSettings().with_options(**flags))
     if not settings.app:
         fail("which handlers should this node run? give --app MODULE:ATTR (or app = ... in the profile)")
+    parse_limit(settings.memory_limit)  # a malformed --memory-limit (or profile value) is a UsageError now
     app = load_app(settings.app)
     if not app.handlers:
         fail(f"{settings.app} has no handlers registered")
@@ -124,6 +126,7 @@ async def _open_store(store: Store, bound: float | None) -> None:
 
 async def _serve(args: argparse.Namespace, store: Store, url: str, app: App, settings: NodeSettings,
                  policy: Policy, key: SigningKey) -> int:
+    from ..healing.memory import format_size
     from ..node import Node
     from ..node.signals import serve_until_signalled
 
@@ -137,6 +140,8 @@ async def _serve(args: argparse.Namespace, store: Store, url: str, app: App, set
     serving = (f"serving {', '.join(sorted(app.handlers))} from {clean(url)} {mode}; "
                f"concurrency {settings.concurrency}, lease TTL {settings.lease_ttl:g} s, policy {policy.ref}, "
                f"key {key.key_id}")
+    if node.memory is not None:
+        serving += f"; memory limit {format_size(node.memory.limit)} ({node.memory.source})"
     started = time.monotonic()
     abandoned = False
     try:
@@ -150,7 +155,8 @@ async def _serve(args: argparse.Namespace, store: Store, url: str, app: App, set
             exit_at_once()
         s = node.stats
         say(f"stopped after {time.monotonic() - started:.1f} s: {s['steps']} {plural(s['steps'], 'step')}, "
-            f"{s['claims']} {plural(s['claims'], 'claim')}, {s['quarantined']} quarantined")
+            f"{s['claims']} {plural(s['claims'], 'claim')}, {s['quarantined']} quarantined"
+            + (f", {s['sheds']} shed for memory" if "sheds" in s else ""))
         for why, n in node.left_behind.items():  # until idle: what this node cannot run, and why
             say(f"left {n} {plural(n, 'object')} behind: {clean(why)} (peo ls shows them)")
     return 1 if abandoned else 0
@@ -179,6 +185,10 @@ def _node_parser(sub: Subparsers) -> None:
     sp.add_argument("--policy", metavar="FILE", help="policy document (default: the built-in default policy)")
     sp.add_argument("--key", metavar="FILE",
                     help="existing signing key file (default: $PEO_HOME/keys/node.key, created on first use)")
+    sp.add_argument("--memory-limit", metavar="SIZE", type=text_arg("--memory-limit"),
+                    help="memory budget: admit objects while memory stays under 85%% of SIZE, shed the lowest "
+                    "priority ones above it (e.g. 400MiB, 2GiB; 'auto', the default: the cgroup v2 memory.max "
+                    "when set; 'off': no budget)")
     sp.add_argument("--until-idle", action="store_true",
                     help="exit 0 once no object is runnable, leased or due soon")
     sp.add_argument("--wait-for-store", type=_wait_seconds, metavar="SECONDS",

@@ -101,27 +101,38 @@ class Claimer:
         room = node.settings.concurrency - len(node.leases.held)
         if room <= 0 or not handlers:
             return []
+        # The memory budget admits fewer, or none (peo.healing.memory); else one group.
+        groups = [(handlers, room)] if node.memory is None else node.memory.admission(handlers, room)
+        claims: list[Claim] = []
         try:
-            return await node.store.claim(
-                node.node_id, now=now, lease_ns=node.lease_ns, limit=room, handlers=handlers,
-                scopes=scopes, exclude=tuple(node.leases.held),
-            )
+            for group, limit in groups:
+                claims += await node.store.claim(
+                    node.node_id, now=now, lease_ns=node.lease_ns, limit=limit, handlers=group,
+                    scopes=scopes, exclude=tuple(node.leases.held),
+                )
         except StoreError as exc:
             log.warning("claim_failed error=%s", exc)
-            return None
+            return claims or None  # what was claimed before the failure is held and served
+        return claims
 
     async def _start(self, tg: asyncio.TaskGroup, claims: list[Claim]) -> None:
         node = self.node
         for claim in claims:  # held (and so renewed) from here on
             node.leases.hold(claim)
             node.stats["claims"] += 1
+            if node.memory is not None:
+                node.memory.reserve(claim.id, claim.handler, claim.priority)
         memories: dict[str, list[tuple[bytes, bytes]]] = {}
         if sum(c.seq + 1 for c in claims) <= _PREFETCH_ROWS:
             # Short memories of a batch of claims are read in one query, not one each.
             with contextlib.suppress(StoreError):  # then each worker reads its own
                 memories = await node.store.entries_of([c.id for c in claims])
+        budget = node.memory
         for claim in claims:
-            node.track(tg.create_task(node.worker.work(claim, memories.get(claim.id))))
+            task = tg.create_task(node.worker.work(claim, memories.get(claim.id)))
+            if budget is not None:  # reserved in the memory budget while the object is here
+                task.add_done_callback(budget.released(claim.id))
+            node.track(task)
 
     async def _nap(self, now: int) -> None:
         """Sleep until a worker frees room, the next object is due, or a poll interval."""

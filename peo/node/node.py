@@ -25,6 +25,7 @@ from ..config import NodeSettings, resolve_policy
 from ..core.crypto import Keyring, SigningKey
 from ..core.policy import Policy
 from ..errors import UsageError
+from ..healing.memory import budget_for
 from ..keys import keyring_for, load_key
 from ..store import Claim, Store, open_store
 from .claims import Claimer
@@ -45,7 +46,8 @@ class Node:
     over after it; leases are renewed every third of it), ``poll_interval``,
     ``idle_horizon``. ``policy`` is a :class:`~peo.Policy` or a policy file, ``key`` a
     signing key or key file, ``clock`` the node's only clock (ns since the epoch; tests
-    pass a fake one).
+    pass a fake one). ``memory_limit`` (a setting: ``"400MiB"``, ``"auto"``, ``"off"``) turns
+    on the memory budget (:mod:`peo.healing.memory`).
 
     Run it with ``await node.run()`` (until :meth:`stop`), ``await node.run_until_idle()``,
     or in the background with ``async with node: ...`` (stopped gracefully on exit).
@@ -61,11 +63,15 @@ class Node:
         key: SigningKey | str | os.PathLike[str] | None = None,
         keyring: Keyring | None = None,
         clock: Callable[[], int] = time.time_ns,
+        memory_probe: Callable[[], int] | None = None,
         **options: Any,
     ):
         if not isinstance(app, App):
             raise UsageError("Node needs a peo.App with the handlers it can run")
         self.settings = (settings if settings is not None else NodeSettings()).with_options(**options)
+        # The memory budget (peo.healing.memory): None without a limit, and then free.
+        # ``memory_probe`` replaces the measurement (bytes in use; tests pass a fake one).
+        self.memory = budget_for(self.settings.memory_limit, app, probe=memory_probe)
         self.store = open_store(store) if isinstance(store, str) else store
         self._owns_store = isinstance(store, str)
         self.app = app
@@ -77,6 +83,8 @@ class Node:
         self.keyring = keyring if keyring is not None else keyring_for(self.policy, self.key, store=self.store.url)
         self.clock = clock
         self.stats = {"steps": 0, "claims": 0, "quarantined": 0, "conflicts": 0, "commits": 0}
+        if self.memory is not None:
+            self.memory.count_into(self.stats)  # "sheds"
         # After run_until_idle(): why objects were left behind (this node cannot serve them) -> how many.
         self.left_behind: dict[str, int] = {}
         self.leases = Leases(self.store, self.node_id, self.lease_ns, clock)
@@ -157,6 +165,7 @@ class Node:
             await self.leases.drop_own()
             async with self._parts() as tg:
                 renewer = tg.create_task(self.leases.renew_forever())
+                sampler = tg.create_task(self.memory.monitor()) if self.memory is not None else None
                 try:
                     await self.claimer.run(tg, until_idle=until_idle)
                     self._stopping.set()
@@ -167,6 +176,8 @@ class Node:
                 finally:
                     self._stopping.set()
                     renewer.cancel()
+                    if sampler is not None:
+                        sampler.cancel()
         finally:
             if self._owns_store:
                 await self.store.aclose()

@@ -204,6 +204,8 @@ class Worker:
                 finished = await self.lineage.children_done(fold)
             now = node.clock()
             decided = plan(fold, node.policy, now=now, signals=signals, children_done=finished)
+            if decided is RUN_HANDLER and node.memory is not None and node.memory.chosen(oid):
+                decided = node.memory.shed(oid, now)  # memory budget: shed at this step boundary
             if isinstance(decided, Release):
                 await node.store.release(oid, held.token, due_at=decided.due_at, now=now)
                 held.released = True

@@ -14,10 +14,21 @@ The contract is :class:`Store` (peo/store/base.py); the dialects live in
 from __future__ import annotations
 
 from ..errors import UsageError
-from .base import REFUSALS_KEPT, AppendItem, Claim, NewObject, ObjectRow, RefusedSignal, SignalRefusal, Store
+from .base import (
+    ALERT_LEASE_NS,
+    REFUSALS_KEPT,
+    AlertRow,
+    AppendItem,
+    Claim,
+    NewObject,
+    ObjectRow,
+    RefusedSignal,
+    SignalRefusal,
+    Store,
+)
 
-__all__ = ["REFUSALS_KEPT", "AppendItem", "Claim", "NewObject", "ObjectRow", "RefusedSignal", "SignalRefusal", "Store",
-           "open_store"]
+__all__ = ["ALERT_LEASE_NS", "REFUSALS_KEPT", "AlertRow", "AppendItem", "Claim", "NewObject", "ObjectRow",
+           "RefusedSignal", "SignalRefusal", "Store", "open_store"]
 
 _POSTGRES_EXTRA = "pip install 'peo[postgres]'"
 

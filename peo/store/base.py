@@ -14,6 +14,7 @@ transactions are rendered from :mod:`peo.core.wake`.
 from __future__ import annotations
 
 import abc
+import builtins
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
@@ -23,7 +24,9 @@ from ..core.head import Head
 from ..core.model import Entry, Signal, Status
 
 __all__ = [
+    "ALERT_LEASE_NS",
     "REFUSALS_KEPT",
+    "AlertRow",
     "AppendItem",
     "Claim",
     "NewObject",
@@ -40,6 +43,10 @@ STORED_STATUSES: tuple[Status, ...] = tuple(s for s in Status if s is not Status
 #: How many refused signals a store keeps per object (the newest): an inbox flooded with
 #: signals that are all refused cannot grow the store without bound.
 REFUSALS_KEPT = 100
+
+#: How long :meth:`Store.due_alerts` leases the rows it returns: no other node's
+#: ``due_alerts`` returns them until then (a delivery that takes longer may be repeated).
+ALERT_LEASE_NS = 30 * 10**9
 
 
 @attrs.frozen
@@ -86,6 +93,10 @@ class ObjectRow:
     # The top-level ancestor's id; None for a top-level object, and for every object created
     # before stores recorded it (those count as top-level: see Store.count_descendants).
     root: str | None = None
+    # Claims without progress since the last progress (see Store.claim), and the nodes they
+    # were on, newest first (at most 8).
+    stalls: int = 0
+    stalled_on: tuple[str, ...] = ()
 
     def status_at(self, now: int) -> Status:
         """The status as of ``now``: a runnable object with a live lease is RUNNING."""
@@ -101,7 +112,10 @@ class Claim:
     Besides the head hash, a claim carries the row's identity as stored when it was
     claimed (handler, scope, priority, parent, status), so that the node can check the
     row against the verified chain: a row set back to runnable, or given another handler
-    or scope behind peo's back, is detected before anything runs."""
+    or scope behind peo's back, is detected before anything runs.
+
+    ``stalls`` and ``stalled_on`` are the object's claims without progress (see
+    :meth:`Store.claim`) as of this claim: they include the stall this claim just detected."""
 
     id: str
     token: int
@@ -113,6 +127,8 @@ class Claim:
     priority: int = 0
     parent: str | None = None
     status: Status = Status.RUNNABLE  # as stored: runnable or dormant (a claim takes only live objects)
+    stalls: int = 0  # claims without progress in a row, this claim's detection included
+    stalled_on: tuple[str, ...] = ()  # the nodes they were on, newest first (at most 8)
 
 
 @attrs.frozen
@@ -139,6 +155,22 @@ class RefusedSignal:
     sender: str | None
     refused_at: int
     created_at: int  # when it was put in the inbox
+
+
+@attrs.frozen
+class AlertRow:
+    """One alert of one incident of an object to one sink, and its delivery
+    (:meth:`Store.add_alert`)."""
+
+    object_id: str
+    incident: str
+    sink: str
+    payload: bytes  # what to deliver, as given to add_alert
+    created_at: int
+    attempts: int  # delivery attempts recorded so far
+    next_at: int  # not delivered: when it is due (again); while leased, when the lease ends
+    delivered_at: int | None  # None: not delivered yet
+    last_error: str | None  # the last failed attempt's error (kept after a later delivery)
 
 
 @attrs.frozen
@@ -209,15 +241,36 @@ class Store(abc.ABC):
         handlers: Collection[str],
         scopes: Collection[str] | None,
         exclude: Collection[str] = (),
+        avoid_stalled: bool = False,
     ) -> list[Claim]:
         """Lease up to ``limit`` due objects (due_at <= now, no live lease) whose handler
         is in ``handlers`` (and scope in ``scopes`` unless None), highest priority first.
-        Each claim is atomic: no two live leases on one object, ever."""
+        Each claim is atomic: no two live leases on one object, ever.
+
+        Claims without progress ("stalls"), counted across nodes and restarts: each claim
+        (and :meth:`seize`) records the object's seq as it takes it. Taking an object whose
+        previous lease lapsed while still owned (its node died or hung holding it), the claim
+        judges that previous claim: if the seq has not moved since it began, it made no
+        progress, so ``stalls`` grows by one and its owner goes first in ``stalled_on``
+        (at most 8 ids, newest first, each once: an id already there moves to the front);
+        if the seq moved, both are reset. A released lease is not judged (its node let go),
+        and any append resets both (:meth:`append`). The returned claims carry the counts
+        after this judgement (``Claim.stalls``, ``Claim.stalled_on``).
+
+        With ``avoid_stalled`` an object whose latest stall (the one this claim would
+        record included) was on ``owner`` is left for another node: pass it only when other
+        live nodes exist. The condition filters the due rows the claim reads anyway: an
+        idle poll reads no more rows with it. Owners hold no newline (node ids are checked
+        names)."""
 
     @abc.abstractmethod
     async def drop_leases(self, owner: str) -> int:
         """Drop every lease held by ``owner`` (a node restarting under its own id takes
-        back its objects at once instead of waiting for the TTL). Returns how many."""
+        back its objects at once instead of waiting for the TTL). Returns how many.
+
+        Each dropped lease is judged as a lapsed one is by :meth:`claim`: its claim ended
+        without progress if the seq has not moved since it began (a stall on ``owner``),
+        else the object's stalls are reset."""
 
     @abc.abstractmethod
     async def renew(self, owner: str, leases: dict[str, int], *, until: int) -> set[str]:
@@ -251,14 +304,16 @@ class Store(abc.ABC):
         the others still commit. For the others the result is the count of signals left
         in the object's inbox. Within the transaction: the entry row is inserted, the
         head updated, consumed inbox rows deleted, children created with their entry 0,
-        and a terminated child's waiting parent made due."""
+        and a terminated child's waiting parent made due. An append is progress: the
+        object's stalls are reset (in the same head update; see :meth:`claim`)."""
 
     @abc.abstractmethod
     async def release(self, object_id: str, token: int, *, due_at: int | None, now: int) -> None:
         """Drop our lease without appending; a runnable object becomes due at ``due_at``
         (None keeps its due time). A dormant object waiting for a signal that
         is already in its inbox, or for children that have all finished, is made due now
-        instead (no wake-up is lost)."""
+        instead (no wake-up is lost). A release is not a stall (see :meth:`claim`): the
+        object's stall count is left as it is."""
 
     @abc.abstractmethod
     async def quarantine(self, object_id: str, reason: str, *, now: int) -> None:
@@ -380,7 +435,9 @@ class Store(abc.ABC):
                     force: bool = False) -> Claim | None:
         """Lease one live object for ``owner`` whether or not it is due (an operator writing
         an entry no node will write, e.g. a cancel). None if it is final, or leased by
-        someone else and not ``force`` (a lease a dead node left behind). Atomic like a claim."""
+        someone else and not ``force`` (a lease a dead node left behind). Atomic like a claim,
+        and it records and judges claims without progress as a claim does (a live lease
+        taken with ``force`` is not judged: it had not lapsed)."""
 
     #: Does :meth:`wait_for_work` return early when work becomes due or an object ends?
     notifies: bool = False
@@ -400,6 +457,38 @@ class Store(abc.ABC):
         head's), except that a dormant head is made due at once if a wake rule already
         holds (a signal kept while it was quarantined, children that have all ended), as
         an append does. Seq and head hash are unchanged: quarantine is a flag on the head,
-        not an entry, so requalifying appends none. Returns False, changing nothing, if the
-        object is not quarantined (another operator resumed it first); NotFoundError for
-        an unknown id."""
+        not an entry, so requalifying appends none. The object's stalls are reset (see
+        :meth:`claim`): an operator resuming it after a fix starts the count again, else its
+        first claim would find it past the node's ``max_recoveries`` once more. Returns
+        False, changing nothing, if the object is not quarantined (another operator resumed
+        it first); NotFoundError for an unknown id."""
+
+    # -- alert deliveries ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def add_alert(self, object_id: str, incident: str, sinks: Sequence[str], payload: bytes, *,
+                        now: int) -> int:
+        """Record one alert of ``incident`` to each of ``sinks``, due at ``now``, in one
+        transaction. An incident is alerted once per sink: a row that exists already (two
+        nodes raced, a node restarted) is left as it is. Returns how many rows were new."""
+
+    @abc.abstractmethod
+    async def due_alerts(self, *, now: int, limit: int = 50, lease_ns: int = ALERT_LEASE_NS) -> builtins.list[AlertRow]:
+        """At most ``limit`` undelivered alerts due at ``now`` (next_at <= now), oldest
+        first (by created_at), each leased for delivery in the same transaction: its
+        next_at becomes ``now + lease_ns`` (as returned), so no other caller gets it until
+        that passes, unless :meth:`alert_attempted` says otherwise first. Concurrent callers
+        get disjoint rows. A delivery that outlasts the lease may be repeated by another
+        node; one whose node dies is retried when the lease ends."""
+
+    @abc.abstractmethod
+    async def alert_attempted(self, object_id: str, incident: str, sink: str, *, now: int, delivered: bool,
+                              error: str | None = None, next_at: int | None = None) -> None:
+        """Record a delivery attempt: attempts grows by one; delivered: delivered_at = now
+        (the first delivery's time is kept) and it is never due again; else last_error =
+        ``error`` (cut to 2,000 characters) and, if given, next_at (when to retry; None
+        leaves the lease's end as the retry time). Unknown rows are ignored."""
+
+    @abc.abstractmethod
+    async def alerts(self, object_id: str) -> builtins.list[AlertRow]:
+        """Every alert row of an object, oldest first (then by incident and sink)."""

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from .base import Claim
 from .sql import CLAIM_COLUMNS, LIVE, claim_of
 from .sqlreads import Reads
+from .stalls import claim_set
 
 __all__ = ["NODES_MIGRATION", "FleetQueries", "serves"]
 
@@ -81,8 +82,10 @@ class FleetQueries:
     async def seize(self, object_id: str, owner: str, *, now: int, lease_ns: int, force: bool = False) -> Claim | None:
         p = self.reads.param
         token = secrets.randbits(62)
+        # The claim's SET judges the previous claim if its lease lapsed (see Store.claim).
         rows = await self._write_rows(
-            f"UPDATE objects SET lease_owner = {p(1)}, lease_token = {p(2)}, lease_until = {p(3)}"
+            f"UPDATE objects SET lease_owner = {p(1)}, lease_token = {p(2)}, lease_until = {p(3)},"
+            f" {claim_set(self.reads.push_stalled, p(5))}"
             f" WHERE id = {p(4)} AND status IN ({LIVE})"
             f" AND (lease_until IS NULL OR lease_until < {p(5)} OR {p(6)}) RETURNING {CLAIM_COLUMNS}",
             (owner, token, now + lease_ns, object_id, now, force),

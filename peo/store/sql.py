@@ -32,6 +32,7 @@ from .base import (
     SignalRefusal,
     SignalRefusalLike,
 )
+from .stalls import PROGRESS, claim_stalls, stalled_nodes
 
 __all__ = [
     "CLAIM_COLUMNS",
@@ -52,6 +53,7 @@ __all__ = [
     "check_signal_target",
     "claim_of",
     "descendants_root",
+    "drop_leases",
     "entry_values",
     "import_head",
     "import_values",
@@ -85,11 +87,11 @@ Placeholder = Callable[[int, str], str]
 #: The head's columns in the order :func:`object_row` reads them.
 COLUMNS = (
     "id, handler, scope, identity, priority, status, seq, head, due_at, lease_owner, lease_until,"
-    " parent, result, reason, wait_signal, wait_children, inbox, created_at, updated_at, root"
+    " parent, result, reason, wait_signal, wait_children, inbox, created_at, updated_at, root, stalls, stalled_on"
 )
 #: What a claim (and a seize) returns of the row it leases, after its id and token, in the
 #: order :func:`claim_of` reads them: columns of the row being updated, so free to return.
-CLAIM_COLUMNS = "seq, inbox, head, handler, scope, priority, parent, status"
+CLAIM_COLUMNS = "seq, inbox, head, handler, scope, priority, parent, status, stalls, stalled_on"
 
 #: ``'runnable', 'dormant'``: objects that may be claimed.
 LIVE = live_statuses_sql()
@@ -172,7 +174,7 @@ def append_head(p: Param) -> str:
         f"UPDATE objects SET seq = {p('seq')}, head = {p('hash')}, status = {p('status')}, due_at = {due},"
         f" wait_signal = {p('wait_signal')}, wait_children = {p('wait_children')},"
         f" result = coalesce({p('result')}, result), reason = coalesce({p('reason')}, reason),"
-        f" inbox = inbox - {p('consumed')}, updated_at = {p('now')}, {lease}"
+        f" inbox = inbox - {p('consumed')}, updated_at = {p('now')}, {lease}, {PROGRESS}"
         f" WHERE id = {p('id')} AND seq = {p('prev_seq')} AND lease_token = {p('token')}"
         " RETURNING inbox, due_at"
     )
@@ -319,9 +321,20 @@ def claim_of(object_id: str, token: int, row: Sequence[Any]) -> Claim:
     Only live objects are claimed, so the status is runnable or dormant; a value peo never
     writes could only come from an edit behind its back, and reads as quarantined (the node
     then finds that the row disagrees with the chain), never as a crash."""
-    seq, inbox, head, handler, scope, priority, parent, status = row[:8]
+    seq, inbox, head, handler, scope, priority, parent, status, stalls, stalled_on = row[:10]
     return Claim(object_id, token, int(seq), int(inbox), blob(head) or b"", handler=handler, scope=scope,
-                 priority=int(priority), parent=parent, status=_STATUS.get(status, Status.QUARANTINED))
+                 priority=int(priority), parent=parent, status=_STATUS.get(status, Status.QUARANTINED),
+                 stalls=int(stalls or 0), stalled_on=stalled_nodes(stalled_on))
+
+
+# -- claims without progress (see peo.store.stalls) -----------------------------------------
+
+
+def drop_leases(push: Callable[[str, str], str], owner: str) -> str:
+    """Drop every lease of ``owner`` (a placeholder), each judged as a claim that ended
+    holding its lease (see :func:`claim_stalls`)."""
+    return (f"UPDATE objects SET {claim_stalls('lease_owner IS NOT NULL', push)}, {DROP_LEASE}"
+            f" WHERE lease_owner = {owner}")
 
 
 NAME_KEPT = 200  # characters of a refused signal's name, and of its sender, that are kept
@@ -382,6 +395,7 @@ def object_row(r: Sequence[Any]) -> ObjectRow:
         head=blob(r[7]) or b"", due_at=r[8], lease_owner=r[9], lease_until=r[10], parent=r[11],
         result=blob(r[12]), reason=r[13], wait_signal=r[14],
         wait_children=bool(r[15]), inbox=r[16], created_at=r[17], updated_at=r[18], root=r[19],
+        stalls=int(r[20] or 0), stalled_on=stalled_nodes(r[21]),
     )
 
 
@@ -451,7 +465,8 @@ def signals(rows: Iterable[Sequence[Any]]) -> list[Signal]:
 
 
 #: Every table peo's migrations create (one of them may be half-made by an old version).
-PEO_TABLES = frozenset({"objects", "entries", "entries_v3", "inbox", "nodes", "peo_schema", "refused_signals"})
+PEO_TABLES = frozenset({"alerts", "entries", "entries_v3", "inbox", "nodes", "objects", "peo_schema",
+                        "refused_signals"})
 
 
 def no_store(where: str) -> StoreError:

@@ -35,8 +35,12 @@ class Reads:
                  entries_of: Callable[[list[str]], tuple[str, Sequence[Any]]],
                  contains: Callable[[str, str], str],
                  one_of: Callable[[str, list[str], Callable[[Any], str]], str],
+                 push_stalled: Callable[[str, str], str],
                  inbox_by_name: str = "inbox"):
         self.param = param
+        # ``push_stalled(list, node)``: the SQL of :func:`peo.store.stalls.push_stalled` (for
+        # the writes shared by both dialects that count claims without progress).
+        self.push_stalled = push_stalled
         # The inbox as a read by name names it: SQLite is told to use the (object_id, name,
         # id) index, else it may walk every signal of the object in id order to find the
         # few with those names.

@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .. import sql
+from .. import sql, stalls
 from ..sqlreads import Reads
 
 __all__ = [
     "APPEND_HEAD",
     "CLAIM",
     "DELETE_CONSUMED",
+    "DROP_LEASES",
     "IMPORT_HEAD",
     "INSERT_ENTRY",
     "INSERT_OBJECT",
@@ -44,6 +45,16 @@ _TYPES = {
 def _typed(position: int, name: str) -> str:
     return f"${position}::{_TYPES[name]}"
 
+
+def _push_stalled(stalled_on: str, node: str) -> str:
+    """:func:`peo.store.stalls.push_stalled` with arrays: ``node`` first, once, at most
+    STALLED_KEPT ids (a NULL list reads as an empty one)."""
+    return (f"array_to_string((array_prepend({node}, array_remove(string_to_array({stalled_on}, {stalls.NL}),"
+            f" {node})))[1:{stalls.STALLED_KEPT}], {stalls.NL})")
+
+
+#: Drop every lease of one owner ($1), judging each as a claim without progress or not.
+DROP_LEASES = sql.drop_leases(_push_stalled, "$1::text")
 
 INSERT_OBJECT = sql.insert_object.render(_typed)
 INSERT_ENTRY = sql.insert_entry.render(_typed)
@@ -88,7 +99,9 @@ LOCK = "SELECT id, seq, lease_token FROM objects WHERE id = ANY($1::text[]) ORDE
 # SKIP LOCKED: rows another claimer (or a writer) holds are passed over, so claimers never
 # queue behind each other, and the row locks taken here make each lease exclusive. The CTE
 # is MATERIALIZED so the locking select runs exactly once. Each row gets its own random
-# 62-bit token, joined by rank from an array.
+# 62-bit token, joined by rank from an array. With $9 (avoid_stalled) an object whose latest
+# stall was on this owner ($10: the owner and a newline) is skipped. The SET judges the
+# previous claim of each row (see peo.store.stalls.claim_set).
 CLAIM = f"""
     WITH picked AS MATERIALIZED (
         SELECT id, priority, due_at FROM objects
@@ -96,13 +109,15 @@ CLAIM = f"""
           AND status IN ({sql.LIVE})
           AND handler = ANY($3::text[]) AND ($4::text[] IS NULL OR scope = ANY($4::text[]))
           AND id <> ALL($5::text[])
+          AND (NOT $9::boolean OR {stalls.may_take(lambda name: "$1" if name == "now" else "$10::text")})
         ORDER BY priority DESC, due_at
         LIMIT $2
         FOR UPDATE SKIP LOCKED
     ), ranked AS (
         SELECT id, row_number() OVER (ORDER BY priority DESC, due_at, id) AS n FROM picked
     )
-    UPDATE objects o SET lease_owner = $6, lease_token = t.token, lease_until = $7
+    UPDATE objects o SET lease_owner = $6, lease_token = t.token, lease_until = $7,
+        {stalls.claim_set(_push_stalled, "$1")}
     FROM ranked JOIN unnest($8::bigint[]) WITH ORDINALITY AS t(token, n) USING (n)
     WHERE o.id = ranked.id
     RETURNING o.id, o.lease_token, ranked.n, {", ".join("o." + c.strip() for c in sql.CLAIM_COLUMNS.split(","))}
@@ -131,4 +146,5 @@ def _one_of(column: str, values: list[str], arg: Callable[[Any], str]) -> str:
 READS = Reads(
     _numbered, entries_of=_entries_of, contains=_contains, one_of=_one_of,
     next_due=f"SELECT min(due_at) FROM objects WHERE due_at IS NOT NULL AND status IN ({sql.LIVE})",
+    push_stalled=_push_stalled,
 )

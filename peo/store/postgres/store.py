@@ -19,15 +19,18 @@ from ...core.head import Head
 from ...core.model import CANCEL_SIGNAL, LIVE_STATUSES, Entry
 from ...errors import NotFoundError, StoreError
 from .. import sql
+from ..alerts import AlertQueries
 from ..base import AppendItem, Claim, NewObject, SignalRefusalLike
 from ..fleet import FleetQueries
 from ..sqlreads import SQLStore
+from ..stalls import PROGRESS
 from .connection import Conn
 from .notify import Notifications
 from .statements import (
     APPEND_HEAD,
     CLAIM,
     DELETE_CONSUMED,
+    DROP_LEASES,
     IMPORT_HEAD,
     INSERT_ENTRY,
     INSERT_OBJECT,
@@ -44,11 +47,12 @@ from .statements import (
 __all__ = ["PostgresStore"]
 
 
-class PostgresStore(Notifications, FleetQueries, SQLStore):
+class PostgresStore(Notifications, FleetQueries, AlertQueries, SQLStore):
     """The shared store: many nodes on many machines, one schema of one database."""
 
     reads = READS
     notifies = True  # wait_for_work() returns when work becomes due or an object ends
+    skip_locked = " FOR UPDATE SKIP LOCKED"  # due_alerts: concurrent nodes take disjoint rows
 
     async def _write_rows(self, statement: str, args: Sequence[Any]) -> list[Any]:
         async def body(conn: Conn) -> list[Any]:
@@ -67,12 +71,13 @@ class PostgresStore(Notifications, FleetQueries, SQLStore):
         await self._write(body)
 
     async def claim(self, owner: str, *, now: int, lease_ns: int, limit: int, handlers: Collection[str],
-                    scopes: Collection[str] | None, exclude: Collection[str] = ()) -> list[Claim]:
+                    scopes: Collection[str] | None, exclude: Collection[str] = (),
+                    avoid_stalled: bool = False) -> list[Claim]:
         if limit <= 0 or not handlers:
             return []
         tokens = [secrets.randbits(62) for _ in range(limit)]
         args = [now, limit, list(handlers), None if scopes is None else list(scopes), list(exclude),
-                owner, now + lease_ns, tokens]
+                owner, now + lease_ns, tokens, avoid_stalled, owner + "\n"]
 
         async def body(conn: Conn) -> list[Claim]:
             rows = await conn.fetch(CLAIM, *args)
@@ -85,7 +90,7 @@ class PostgresStore(Notifications, FleetQueries, SQLStore):
             rows = await conn.fetch("SELECT id FROM objects WHERE lease_owner = $1 ORDER BY id FOR UPDATE", owner)
             if not rows:
                 return 0
-            await conn.execute(f"UPDATE objects SET {sql.DROP_LEASE} WHERE lease_owner = $1", owner)
+            await conn.execute(DROP_LEASES, owner)
             await self._notify(conn)  # what it held is claimable now
             return len(rows)
 
@@ -234,7 +239,8 @@ class PostgresStore(Notifications, FleetQueries, SQLStore):
                        now="$8::bigint", due="$3::bigint")
         statement = (
             f"UPDATE objects SET status = $2::text, due_at = {due}, wait_signal = $4::text,"
-            " wait_children = $5::boolean, result = $6::bytea, reason = $7::text, updated_at = $8::bigint"
+            f" wait_children = $5::boolean, result = $6::bytea, reason = $7::text, updated_at = $8::bigint,"
+            f" {PROGRESS}"
             f" WHERE id = $1::text AND status = '{Status.QUARANTINED}' RETURNING due_at"
         )
 

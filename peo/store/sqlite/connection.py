@@ -23,6 +23,7 @@ import aiosqlite
 from ... import faultpoints
 from ...errors import ConflictError, StoreError, UsageError
 from ..sql import no_store
+from ..stalls import SQLITE_PUSH, push_stalled
 from .schema import setup
 
 __all__ = ["BUSY_TIMEOUT_MS", "Connections", "parse_sqlite_url"]
@@ -154,6 +155,8 @@ class Connections:
         conn, busy = self.db._conn, BUSY_TIMEOUT_MS
         setup(conn, durability=self.durability, busy_timeout_ms=busy, where=self.url,
               create=self._create, force=self._force)
+        # The writes that count claims without progress call it (see peo.store.stalls.push_stalled).
+        conn.create_function(SQLITE_PUSH, 2, push_stalled, deterministic=True)
         self._timeouts[id(conn)] = busy
 
     async def aclose(self) -> None:

@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .. import sql
+from .. import sql, stalls
 from ..sqlreads import Reads
 
 __all__ = [
     "APPEND_HEAD",
     "DELETE_CONSUMED",
+    "DROP_LEASES",
     "IMPORT_HEAD",
     "INSERT_ENTRY",
     "INSERT_OBJECT",
@@ -31,8 +32,17 @@ def _numbered(position: int, _: str) -> str:
     return f"?{position}"
 
 
-def _positional(_: int) -> str:
-    return "?"
+def _param(position: int) -> str:
+    """The reads' placeholders are numbered too: a shared statement may bind one value twice."""
+    return f"?{position}"
+
+
+def _push_stalled(stalled_on: str, node: str) -> str:
+    return f"{stalls.SQLITE_PUSH}({stalled_on}, {node})"  # registered on the writer (see connection.py)
+
+
+#: Drop every lease of one owner (?1), judging each as a claim without progress or not.
+DROP_LEASES = sql.drop_leases(_push_stalled, "?1")
 
 
 INSERT_OBJECT = sql.insert_object.render(_numbered)
@@ -63,8 +73,8 @@ def _one_of(column: str, values: list[str], arg: Callable[[Any], str]) -> str:
     return f"{column} IN ({', '.join(arg(v) for v in values)})"
 
 
-READS = Reads(_positional, entries_of=_entries_of, contains=_contains, one_of=_one_of,
-                  inbox_by_name="inbox INDEXED BY inbox_object_name", next_due=(
+READS = Reads(_param, entries_of=_entries_of, contains=_contains, one_of=_one_of,
+              push_stalled=_push_stalled, inbox_by_name="inbox INDEXED BY inbox_object_name", next_due=(
     "SELECT due_at FROM objects INDEXED BY objects_due WHERE due_at IS NOT NULL"
     f" AND status IN ({sql.LIVE}) ORDER BY due_at LIMIT 1"
 ))

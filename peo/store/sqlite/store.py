@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from ...core.codec import packb
 from ...core.head import Head
 from ...core.model import CANCEL_SIGNAL, Entry
-from .. import sql
+from .. import sql, stalls
+from ..alerts import AlertQueries
 from ..base import AppendItem, Claim, NewObject, SignalRefusalLike
 from ..fleet import FleetQueries
 from ..sqlreads import SQLStore
@@ -23,6 +24,7 @@ from .connection import Connections
 from .statements import (
     APPEND_HEAD,
     DELETE_CONSUMED,
+    DROP_LEASES,
     IMPORT_HEAD,
     INSERT_ENTRY,
     INSERT_OBJECT,
@@ -40,11 +42,17 @@ __all__ = ["SQLiteStore"]
 _CLAIM_LEVELS = 8
 
 
-def _marks(values: Collection[Any]) -> str:
-    return ",".join("?" * len(values))
+def _marks(values: Collection[Any], arg: Callable[[Any], str]) -> str:
+    return ",".join(arg(v) for v in values)
 
 
-class SQLiteStore(Connections, FleetQueries, SQLStore):
+# A claim's judgement of the previous claim (?5: now) and its avoid_stalled condition (?6:
+# the owner and a newline): see peo.store.sql.
+_CLAIM_SET = stalls.claim_set(READS.push_stalled, "?5")
+_MAY_TAKE = stalls.may_take(lambda name: "?5" if name == "now" else "?6")
+
+
+class SQLiteStore(Connections, FleetQueries, AlertQueries, SQLStore):
     """The embedded store: one database file, shared by the processes that open it."""
 
     reads = READS
@@ -57,30 +65,42 @@ class SQLiteStore(Connections, FleetQueries, SQLStore):
             await self._write(lambda conn: _insert_objects(conn, objects))
 
     async def claim(self, owner: str, *, now: int, lease_ns: int, limit: int, handlers: Collection[str],
-                    scopes: Collection[str] | None, exclude: Collection[str] = ()) -> list[Claim]:
+                    scopes: Collection[str] | None, exclude: Collection[str] = (),
+                    avoid_stalled: bool = False) -> list[Claim]:
         if limit <= 0 or not handlers or (scopes is not None and not scopes):
             return []
-        where = ["due_at <= ?", "(lease_until IS NULL OR lease_until < ?)", f"status IN ({sql.LIVE})",
-                 f"handler IN ({_marks(handlers)})"]
-        args: list[Any] = [now, now, *handlers]
+        # Numbered parameters: ?1 is the priority level and ?2 how many to find (set per
+        # query below), the filters' values follow.
+        args: list[Any] = [None, None]
+
+        def arg(value: Any) -> str:
+            args.append(value)
+            return f"?{len(args)}"
+
+        at = arg(now)
+        where = [f"due_at <= {at}", f"(lease_until IS NULL OR lease_until < {at})", f"status IN ({sql.LIVE})",
+                 f"handler IN ({_marks(handlers, arg)})"]
         if scopes is not None:
-            where.append(f"scope IN ({_marks(scopes)})")
-            args.extend(scopes)
+            where.append(f"scope IN ({_marks(scopes, arg)})")
         if exclude:
-            where.append(f"id NOT IN ({_marks(exclude)})")
-            args.extend(exclude)
+            where.append(f"id NOT IN ({_marks(exclude, arg)})")
+        if avoid_stalled:
+            me = arg(owner + "\n")
+            where.append(stalls.may_take(lambda name: at if name == "now" else me))
         filters = " AND ".join(where)
         # INDEXED BY: without statistics SQLite may pick another index and walk every
         # dormant object. Both indexes hold only objects with a due time, and each query
-        # reads only rows already due, so claiming does not slow down as more objects sleep.
+        # reads only rows already due, so claiming does not slow down as more objects sleep
+        # (avoid_stalled only filters those rows further).
         by_level = (
-            f"SELECT id FROM objects INDEXED BY objects_claim WHERE priority = ? AND {filters}"
-            " ORDER BY due_at LIMIT ?"
+            f"SELECT id FROM objects INDEXED BY objects_claim WHERE priority = ?1 AND {filters}"
+            " ORDER BY due_at LIMIT ?2"
         )
         sorted_all = (
-            f"SELECT id FROM objects INDEXED BY objects_due WHERE {filters} ORDER BY priority DESC, due_at LIMIT ?"
+            f"SELECT id FROM objects INDEXED BY objects_due WHERE {filters} ORDER BY priority DESC, due_at LIMIT ?2"
         )
         next_level = "SELECT max(priority) FROM objects INDEXED BY objects_claim WHERE due_at IS NOT NULL"
+        values = args[2:]
 
         def find(conn: sqlite3.Connection) -> list[str]:
             found: list[str] = []
@@ -88,9 +108,9 @@ class SQLiteStore(Connections, FleetQueries, SQLStore):
             for _ in range(_CLAIM_LEVELS):
                 if level is None or len(found) >= limit:
                     return found
-                found += [r[0] for r in conn.execute(by_level, [level, *args, limit - len(found)])]
+                found += [r[0] for r in conn.execute(by_level, [level, limit - len(found), *values])]
                 level = conn.execute(next_level + " AND priority < ?", (level,)).fetchone()[0]
-            return [r[0] for r in conn.execute(sorted_all, [*args, limit])]
+            return [r[0] for r in conn.execute(sorted_all, [None, limit, *values])]
 
         # Look for candidates on the reader first: an idle node polls often, and an empty
         # write transaction would still queue behind every group commit on the writer.
@@ -98,6 +118,12 @@ class SQLiteStore(Connections, FleetQueries, SQLStore):
         if not candidates:
             return []
         until = now + lease_ns
+        take = (
+            f"UPDATE objects SET lease_owner = ?1, lease_token = ?2, lease_until = ?3, {_CLAIM_SET}"
+            f" WHERE id = ?4 AND due_at <= ?5 AND (lease_until IS NULL OR lease_until < ?5) AND status IN ({sql.LIVE})"
+            + (f" AND {_MAY_TAKE}" if avoid_stalled else "") + f" RETURNING {sql.CLAIM_COLUMNS}"
+        )
+        mine = (owner + "\n",) if avoid_stalled else ()
 
         def body(conn: sqlite3.Connection) -> list[Claim]:
             # The writer lock is held now: take each candidate only if it is still due and
@@ -105,12 +131,7 @@ class SQLiteStore(Connections, FleetQueries, SQLStore):
             claims = []
             for oid in candidates:
                 token = secrets.randbits(62)
-                row = conn.execute(
-                    "UPDATE objects SET lease_owner = ?, lease_token = ?, lease_until = ?"
-                    " WHERE id = ? AND due_at <= ? AND (lease_until IS NULL OR lease_until < ?)"
-                    f" AND status IN ({sql.LIVE}) RETURNING {sql.CLAIM_COLUMNS}",
-                    (owner, token, until, oid, now, now),
-                ).fetchone()
+                row = conn.execute(take, (owner, token, until, oid, now, *mine)).fetchone()
                 if row is not None:
                     claims.append(sql.claim_of(oid, token, row))
             return claims
@@ -119,7 +140,7 @@ class SQLiteStore(Connections, FleetQueries, SQLStore):
 
     async def drop_leases(self, owner: str) -> int:
         def body(conn: sqlite3.Connection) -> int:
-            return conn.execute(f"UPDATE objects SET {sql.DROP_LEASE} WHERE lease_owner = ?", (owner,)).rowcount
+            return conn.execute(DROP_LEASES, (owner,)).rowcount
 
         return await self._write(body)
 
@@ -220,7 +241,8 @@ class SQLiteStore(Connections, FleetQueries, SQLStore):
         due = due_case(id="?1", status="?2", signal="?4", children="?5", now="?8", due="?3")
         statement = (
             f"UPDATE objects SET status = ?2, due_at = {due}, wait_signal = ?4, wait_children = ?5, result = ?6,"
-            f" reason = ?7, updated_at = ?8 WHERE id = ?1 AND status = '{Status.QUARANTINED}' RETURNING due_at"
+            f" reason = ?7, updated_at = ?8, {stalls.PROGRESS}"
+            f" WHERE id = ?1 AND status = '{Status.QUARANTINED}' RETURNING due_at"
         )
         values = (object_id, head.status.value, head.due_at, head.wait_signal, head.wait_children,
                   head.result_bytes(), head.reason, now)
