@@ -42,7 +42,20 @@ async def cmd_resume(args: argparse.Namespace) -> int:
             print(f"peo: error: object {oid} still fails verification: {clean(exc)}; it stays quarantined",
                   file=sys.stderr)
             return 1
-    print(f"resumed {oid}: quarantined -> {info.status} (seq {info.seq}; no entry written)")
+        if not args.from_known_good:
+            print(f"resumed {oid}: quarantined -> {info.status} (seq {info.seq}; no entry written)")
+            return 0
+        from ..client.operator import restore_known_good
+        from ..errors import PeoError
+
+        try:
+            good = await restore_known_good(client, args.id, reason="peo resume --from-known-good")
+        except PeoError as exc:
+            print(f"resumed {oid}: quarantined -> {info.status} (seq {info.seq}), but its state was not "
+                  f"restored: {clean(exc)}", file=sys.stderr)
+            return 1
+    print(f"resumed {oid}: quarantined -> runnable, its state restored to the known-good state of seq {good} "
+          f"(a signed entry at seq {info.seq + 1})")
     return 0
 
 
@@ -52,9 +65,14 @@ def _resume_parser(sub: Subparsers) -> None:
                   "key directory and the policy's keys). If it verifies, its head is rebuilt from its memory and it "
                   "runs again (runnable, dormant or terminated as its memory says); no entry is written, since "
                   "quarantine is a flag on the head, not an entry. If it still fails, it stays quarantined and "
-                  "the first bad seq is printed (exit 1).",
-                  ["peo resume 01J0ABC...", "peo resume 01J0ABC... --policy policies/fleet.toml"], cmd_resume)
+                  "the first bad seq is printed (exit 1). With --from-known-good, its working state is also set "
+                  "back to its known-good state (its last checkpoint, else its last step that succeeded) by an "
+                  "entry signed with your key, as self-healing does before it quarantines (docs/operations.md).",
+                  ["peo resume 01J0ABC...", "peo resume 01J0ABC... --from-known-good",
+                   "peo resume 01J0ABC... --policy policies/fleet.toml"], cmd_resume)
     sp.add_argument("id", metavar="ID", type=text_arg("object id"))
+    sp.add_argument("--from-known-good", action="store_true",
+                    help="also restore its state to its known-good state (a signed entry)")
     sp.add_argument("--policy", metavar="FILE", help="policy whose trusted keys to use")
 
 

@@ -228,7 +228,7 @@ class PostMortem:
     status: str
     reason: str | None
     seq: int
-    known_good_seq: int | None  # the last step that succeeded before the failure streak
+    known_good_seq: int | None  # the last checkpoint, else the last step that succeeded before the streak
     streak_start: int | None  # the first failed seq of the streak (None: no streak)
     failures: tuple[Failure, ...]  # the streak
     earlier_failures: int  # failed entries before the streak (recovered from)
@@ -241,6 +241,7 @@ class PostMortem:
     config_repairs: tuple[Mapping[str, Any], ...] = ()  # filled by the node (tier 3's configuration repair)
     incident: str | None = None  # the quarantine's alert incident key
     problem: str | None = None  # the memory could not all be read (e.g. it fails verification at seq N)
+    known_good_is_checkpoint: bool = False  # known_good_seq is a checkpoint its handler marked
 
     @property
     def error_classes(self) -> dict[str, int]:
@@ -281,6 +282,7 @@ class PostMortem:
             "seq": self.seq,
             "incident": self.incident,
             "known_good_seq": self.known_good_seq,
+            "known_good_is_checkpoint": self.known_good_is_checkpoint,
             "streak": {**self.summary(), "start_seq": self.streak_start,
                        "failures": [f.as_dict() for f in self.failures]},
             "earlier_failures": self.earlier_failures,
@@ -298,8 +300,9 @@ class PostMortem:
         out: list[str] = [f"post-mortem of {self.object_id} ({self.handler})", ""]
         head = [("status", self.status + (f": {_cut(self.reason, 300)}" if self.reason else "")),
                 ("seq", str(self.seq)),
-                ("known-good", "-" if self.known_good_seq is None else f"seq {self.known_good_seq} (the last step "
-                 "that succeeded before the failure streak)")]
+                ("known-good", "-" if self.known_good_seq is None else f"seq {self.known_good_seq} ("
+                 + ("the last checkpoint its handler marked)" if self.known_good_is_checkpoint
+                    else "the last step that succeeded before the failure streak)"))]
         if self.incident:
             head.append(("incident", self.incident))
         out += [f"{k:<11} {v}" for k, v in head]
@@ -384,13 +387,15 @@ def stalled_nodes(value: Any) -> tuple[str, ...]:
     return tuple(str(x) for x in items if str(x).strip())
 
 
-def _known_good(memory: Sequence[Entry]) -> tuple[int | None, str]:
-    """Fold the memory: the known-good seq and the handler (None, "?" if it does not fold)."""
+def _known_good(memory: Sequence[Entry]) -> tuple[int | None, int | None, bool, str]:
+    """Fold the memory: the known-good seq (the last checkpoint, else the last step that
+    succeeded), the last step that succeeded, whether the known-good one is a checkpoint,
+    and the handler (None, None, False, "?" if it does not fold)."""
     try:
         fold = Fold.of(memory)
     except Exception:  # a memory cut short by a failed verification still has its failures told
-        return None, "?"
-    return fold.known_good_seq, fold.intent.handler
+        return None, None, False, "?"
+    return fold.known_good, fold.known_good_seq, fold.checkpoint_seq is not None, fold.intent.handler
 
 
 def _restores(memory: Sequence[Entry], failures: Sequence[Failure]) -> list[RestoreRecord]:
@@ -411,7 +416,8 @@ def _restores(memory: Sequence[Entry], failures: Sequence[Failure]) -> list[Rest
 
 
 def _tiers(failures: Sequence[Failure], nodes: Sequence[str], stalls: int, restores: Sequence[RestoreRecord],
-           status: str, reason: str | None, alerts: Sequence[AlertRecord], known_good: int | None) -> list[Tier]:
+           status: str, reason: str | None, alerts: Sequence[AlertRecord], known_good: int | None,
+           last_success: int) -> list[Tier]:
     retries = max(len(failures) - 1, 0)
     t1 = Tier(1, "restart in place",
               f"{retries} retry(ies) of the failed step with backoff; {stalls} claim(s) ended without progress "
@@ -423,14 +429,17 @@ def _tiers(failures: Sequence[Failure], nodes: Sequence[str], stalls: int, resto
     else:
         t2 = Tier(2, "recreate elsewhere", f"only node {nodes[0]} ran it" if nodes else "not needed",
                   "no other node took it" if nodes else "-")
-    recent = [r for r in restores if known_good is None or r.seq > known_good]
+    # The restores of this incident: back to the known-good state (or a later one), or since
+    # the last step that succeeded.
+    recent = [r for r in restores if known_good is None or (r.from_seq is not None and r.from_seq >= known_good)
+              or r.seq > last_success]
     if recent:
         r = recent[-1]
         t3 = Tier(3, "known-good restore",
                   f"{len(recent)} restore(s); the last at seq {r.seq} to the state of seq {r.from_seq} ({r.by})",
                   f"{r.failures_after} failure(s) after it" if r.failures_after else "no failure after it")
     else:
-        t3 = Tier(3, "known-good restore", "no restore since the last step that succeeded", "-")
+        t3 = Tier(3, "known-good restore", "no restore to its known-good state", "-")
     if status == "quarantined":
         delivered = [a for a in alerts if a.delivered_at is not None]
         told = (f"alert delivered to {', '.join(a.sink for a in delivered)}" if delivered
@@ -449,10 +458,10 @@ def build(memory: Sequence[Entry], row: Any, *, alerts: Sequence[Any] = (),
     rows) and the ``config_repairs`` the node recorded. ``problem`` says why the memory
     may be cut short (shown as a warning)."""
     status = str(getattr(row.status, "value", row.status))
-    known_good, handler = _known_good(memory) if memory else (None, "?")
+    known_good, last_success, checkpoint, handler = _known_good(memory) if memory else (None, None, False, "?")
     handler = str(getattr(row, "handler", None) or handler)
     everything = failure_entries(memory)
-    streak = [f for f in everything if known_good is None or f.seq > known_good]
+    streak = [f for f in everything if last_success is None or f.seq > last_success]
     stalls = int(getattr(row, "stalls", 0) or 0)
     stalled_on = stalled_nodes(getattr(row, "stalled_on", None))
     restores = _restores(memory, streak)
@@ -463,11 +472,13 @@ def build(memory: Sequence[Entry], row: Any, *, alerts: Sequence[Any] = (),
     streak_start = streak[0].seq if streak else None
     pm = PostMortem(
         object_id=row.id, handler=handler, status=status, reason=row.reason, seq=row.seq,
-        known_good_seq=known_good, streak_start=streak_start, failures=tuple(streak),
+        known_good_seq=known_good, known_good_is_checkpoint=checkpoint, streak_start=streak_start,
+        failures=tuple(streak),
         earlier_failures=len(everything) - len(streak), stalls=stalls, stalled_on=stalled_on,
         restores=tuple(restores), sheds=tuple(sheds), tiers=(), alerts=records,
         config_repairs=tuple(config_repairs),
         incident=f"quarantine:{row.seq}" if status == "quarantined" else None, problem=problem,
     )
-    tiers = _tiers(streak, pm.nodes, stalls, restores, status, row.reason, records, known_good)
+    tiers = _tiers(streak, pm.nodes, stalls, restores, status, row.reason, records, known_good,
+                   -1 if last_success is None else last_success)
     return attrs.evolve(pm, tiers=tuple(tiers))

@@ -35,6 +35,13 @@ class Claimer:
     def __init__(self, node: Node):
         self.node = node
         self.wake = asyncio.Event()  # set when a worker frees room or the node stops
+        # Objects held whose earlier claims ended without progress (their node died or hung
+        # holding them): each runs alone, so that if it kills this node too, no other
+        # object's claim is counted against it (peo.healing.tiers).
+        self.probation: set[str] = set()
+        self.draining = False  # a stalled object waits for the objects held here to end first
+        # Other nodes registered lately: only then is an object that stalled here left to them.
+        self.others_alive = False
 
     async def run(self, tg: asyncio.TaskGroup, *, until_idle: bool) -> None:
         """Claim and start workers until the node stops (or, ``until_idle``, nothing is left
@@ -90,7 +97,9 @@ class Claimer:
         """Tell the store which handlers this node serves (submit warns about the others)."""
         node = self.node
         try:
-            await node.store.register_node(node.node_id, handlers, now=now)
+            await node.store.register_node(node.node_id, handlers, now=now, notes=node.notes)
+            recent = await node.store.nodes(since=now - 2 * REGISTER_EVERY_NS)
+            self.others_alive = any(n.id != node.node_id for n in recent)
         except StoreError as exc:
             log.warning("register_failed error=%s", exc)
         return now
@@ -99,7 +108,7 @@ class Claimer:
         """Claims for the room there is (None: the store failed, try again after a nap)."""
         node = self.node
         room = node.settings.concurrency - len(node.leases.held)
-        if room <= 0 or not handlers:
+        if room <= 0 or not handlers or self.probation or self.draining:
             return []
         # The memory budget admits fewer, or none (peo.healing.memory); else one group.
         groups = [(handlers, room)] if node.memory is None else node.memory.admission(handlers, room)
@@ -108,12 +117,31 @@ class Claimer:
             for group, limit in groups:
                 claims += await node.store.claim(
                     node.node_id, now=now, lease_ns=node.lease_ns, limit=limit, handlers=group,
-                    scopes=scopes, exclude=tuple(node.leases.held),
+                    scopes=scopes, exclude=tuple(node.leases.held), avoid_stalled=self.others_alive,
                 )
         except StoreError as exc:
             log.warning("claim_failed error=%s", exc)
             return claims or None  # what was claimed before the failure is held and served
-        return claims
+        return await self._alone(claims, now)
+
+    async def _alone(self, claims: list[Claim], now: int) -> list[Claim]:
+        """``claims``, unless one of them stalled before (its earlier claims ended without
+        progress): then that one alone if nothing else is held here, else none; the others
+        are let go at once (for another node, or for later), and nothing more is claimed
+        until it has ended (or until the objects held have, before it is tried here)."""
+        stalled = next((c for c in claims if c.stalls), None)
+        if stalled is None:
+            return claims
+        alone = not self.node.leases.held
+        for other in claims:
+            if other is not stalled or not alone:
+                with contextlib.suppress(StoreError):
+                    await self.node.store.release(other.id, other.token, due_at=now, now=now)
+        if not alone:
+            self.draining = True
+            return []
+        self.probation.add(stalled.id)
+        return [stalled]
 
     async def _start(self, tg: asyncio.TaskGroup, claims: list[Claim]) -> None:
         node = self.node
@@ -132,7 +160,16 @@ class Claimer:
             task = tg.create_task(node.worker.work(claim, memories.get(claim.id)))
             if budget is not None:  # reserved in the memory budget while the object is here
                 task.add_done_callback(budget.released(claim.id))
+            task.add_done_callback(self._ended)
             node.track(task)
+
+    def _ended(self, _: object) -> None:
+        """A worker ended: once none is left, claims go on (a stalled object may be claimed
+        alone again)."""
+        if not self.node.leases.held:
+            self.probation.clear()
+            self.draining = False
+            self.wake.set()
 
     async def _nap(self, now: int) -> None:
         """Sleep until a worker frees room, the next object is due, or a poll interval."""

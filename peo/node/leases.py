@@ -27,6 +27,7 @@ class Held:
     token: int
     lost: bool = False
     released: bool = False
+    progress_at: int = 0  # when it was claimed, then when its last entry was committed (ns)
 
 
 class Leases:
@@ -38,11 +39,26 @@ class Leases:
         self.lease_ns = lease_ns
         self.clock = clock
         self.held: dict[str, Held] = {}
+        #: How long an object may be held without progress before its lease is given up
+        #: (ns, by handler; None: never). The node sets it from its handlers' timeouts.
+        self.patience: Callable[[str], int | None] = lambda handler: None
 
     def hold(self, claim: Claim) -> Held:
-        held = Held(claim, claim.token)
+        held = Held(claim, claim.token, progress_at=self.clock())
         self.held[claim.id] = held
         return held
+
+    def stuck(self, now: int) -> list[Held]:
+        """Held objects without progress for longer than their handler's patience: a step
+        that outlived its own timeout (a sync handler's thread cannot be stopped), a worker
+        wedged on something. Their leases are no longer renewed, so another node takes them
+        over and the claim counts as one without progress (progress, not pings)."""
+        out = []
+        for h in self.held.values():
+            limit = self.patience(h.claim.handler)
+            if limit is not None and not h.released and not h.lost and now - h.progress_at > limit:
+                out.append(h)
+        return out
 
     def drop(self, object_id: str) -> None:
         self.held.pop(object_id, None)
@@ -55,7 +71,11 @@ class Leases:
                 continue
             if faultpoints.ARMED:
                 faultpoints.hit("node.before_renew")
-            leases = {oid: h.token for oid, h in self.held.items() if not h.released}
+            for stuck in self.stuck(self.clock()):
+                stuck.lost = True  # the worker stops at its next write; the lease lapses
+                log.error("lease_given_up id=%s handler=%s no_progress_for=%.1fs", stuck.claim.id,
+                          stuck.claim.handler, (self.clock() - stuck.progress_at) / 1e9)
+            leases = {oid: h.token for oid, h in self.held.items() if not h.released and not h.lost}
             try:
                 lost = await self.store.renew(self.owner, leases, until=self.clock() + self.lease_ns)
             except StoreError as exc:

@@ -76,6 +76,9 @@ class Node:
         self._owns_store = isinstance(store, str)
         self.app = app
         self.node_id = self.settings.node_id or f"{socket.gethostname()}-{os.getpid()}"
+        #: What this node says about itself when it registers (peo nodes): e.g. that it runs
+        #: on the known-good copy of a configuration file that went bad (peo.healing.config).
+        self.notes: str | None = None
         self.lease_ns = int(self.settings.lease_ttl * 1e9)
         self.idle_horizon_ns = int(self.settings.idle_horizon * 1e9)
         self.policy = resolve_policy(policy if policy is not None else self.settings.policy)
@@ -88,6 +91,7 @@ class Node:
         # After run_until_idle(): why objects were left behind (this node cannot serve them) -> how many.
         self.left_behind: dict[str, int] = {}
         self.leases = Leases(self.store, self.node_id, self.lease_ns, clock)
+        self.leases.patience = self._patience
         self.commits = GroupCommit(self.store, clock, self.stats)
         self.worker = Worker(self)
         self.claimer = Claimer(self)
@@ -165,6 +169,7 @@ class Node:
             await self.leases.drop_own()
             async with self._parts() as tg:
                 renewer = tg.create_task(self.leases.renew_forever())
+                alerts = self._alert_sender(tg)
                 sampler = tg.create_task(self.memory.monitor()) if self.memory is not None else None
                 try:
                     await self.claimer.run(tg, until_idle=until_idle)
@@ -176,11 +181,30 @@ class Node:
                 finally:
                     self._stopping.set()
                     renewer.cancel()
+                    if alerts is not None:
+                        alerts.cancel()
                     if sampler is not None:
                         sampler.cancel()
         finally:
             if self._owns_store:
                 await self.store.aclose()
+
+
+    def _patience(self, handler: str) -> int | None:
+        """How long an object of ``handler`` may be held without progress (ns): its step's
+        timeout (the handler's, else the policy's), plus two lease periods."""
+        registered = self.app.handlers.get(handler)
+        timeout = (registered.timeout if registered is not None else None) or self.policy.handler_timeout
+        return int(timeout * 1e9) + 2 * self.lease_ns
+
+    def _alert_sender(self, tg: asyncio.TaskGroup) -> asyncio.Task[None] | None:
+        """Deliver (and retry) the alerts of quarantines, if this node has sinks."""
+        if not (self.settings.alert_command or self.settings.alert_webhook):
+            return None
+        from ..healing.alerts import AlertSender
+
+        sender = AlertSender(node_id=self.node_id)
+        return tg.create_task(sender.run_forever(self.store, self.settings, clock=self.clock))
 
 
 class _Parts:

@@ -29,6 +29,7 @@ from ..core.head import head_of
 from ..core.memory import Fold, genesis, instantiation_outcome, make_entry, verify_chain
 from ..core.model import LIVE_STATUSES, Action, Delegate, Entry, Signal, Status, Step
 from ..errors import CodecError, IntegrityError, LeaseLostError, StoreError
+from ..healing.tiers import Healer
 from ..ids import new_id
 from ..store import AppendItem, Claim, NewObject
 from .intake import Intake
@@ -96,6 +97,7 @@ class Worker:
         self.node = node
         self.intake = Intake(node)
         self.lineage = Lineage(node)
+        self.healer = Healer(node, self)
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None  # for sync handlers
 
     async def work(self, claim: Claim, rows: list[tuple[bytes, bytes]] | None = None, *, once: bool = False) -> None:
@@ -193,6 +195,9 @@ class Worker:
             later = node.clock() + 10 * node.lease_ns
             await node.store.release(oid, held.token, due_at=later, now=node.clock())
             held.released = True
+            return
+        # Tiers 3 and 4 (peo.healing.tiers): a restore, or a quarantine, first.
+        if claim.stalls and self.healer.needed(claim) and not await self.healer.recover(claim, held, fold, memory):
             return
         inbox = claim.inbox
         while True:
@@ -322,6 +327,7 @@ class Worker:
         left = await node.commits.commit(item)
         if left is not None:
             memory.append(entry)
+            held.progress_at = now  # its lease is renewed while it makes progress (leases.py)
         elif children:
             # Not written: another writer won the seq, or (while this step counted) other
             # delegations filled the tree to the policy's total. Let go at once, so that

@@ -21,14 +21,15 @@ from .base import (
     AppendItem,
     Claim,
     NewObject,
+    NodeRow,
     ObjectRow,
     RefusedSignal,
     SignalRefusal,
     Store,
 )
 
-__all__ = ["ALERT_LEASE_NS", "REFUSALS_KEPT", "AlertRow", "AppendItem", "Claim", "NewObject", "ObjectRow",
-           "RefusedSignal", "SignalRefusal", "Store", "open_store"]
+__all__ = ["ALERT_LEASE_NS", "REFUSALS_KEPT", "AlertRow", "AppendItem", "Claim", "NewObject", "NodeRow",
+           "ObjectRow", "RefusedSignal", "SignalRefusal", "Store", "open_store"]
 
 _POSTGRES_EXTRA = "pip install 'peo[postgres]'"
 

@@ -30,6 +30,7 @@ __all__ = [
     "AppendItem",
     "Claim",
     "NewObject",
+    "NodeRow",
     "ObjectRow",
     "RefusedSignal",
     "SignalRefusal",
@@ -47,6 +48,16 @@ REFUSALS_KEPT = 100
 #: How long :meth:`Store.due_alerts` leases the rows it returns: no other node's
 #: ``due_alerts`` returns them until then (a delivery that takes longer may be repeated).
 ALERT_LEASE_NS = 30 * 10**9
+
+
+@attrs.frozen
+class NodeRow:
+    """A node as it last registered: its id, the handlers it serves, when, and its notes."""
+
+    id: str
+    handlers: tuple[str, ...]
+    seen_at: int
+    notes: str | None = None
 
 
 @attrs.frozen
@@ -413,9 +424,15 @@ class Store(abc.ABC):
     # -- the fleet ----------------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def register_node(self, node_id: str, handlers: Collection[str], *, now: int) -> None:
+    async def register_node(self, node_id: str, handlers: Collection[str], *, now: int,
+                            notes: str | None = None) -> None:
         """Record that node ``node_id`` serves ``handlers`` as of ``now`` (replacing what it
-        said before): how a submit learns that no node serves a handler."""
+        said before): how a submit learns that no node serves a handler. ``notes``: what
+        the node says about itself (a configuration repair), shown by ``peo nodes``."""
+
+    @abc.abstractmethod
+    async def nodes(self, *, since: int = 0) -> builtins.list[NodeRow]:
+        """The nodes that registered at or after ``since``, the most recently seen first."""
 
     @abc.abstractmethod
     async def served_handlers(self, *, since: int) -> set[str]:

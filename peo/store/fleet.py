@@ -12,7 +12,7 @@ import secrets
 from collections.abc import Collection, Sequence
 from typing import Any, ClassVar
 
-from .base import Claim
+from .base import Claim, NodeRow
 from .sql import CLAIM_COLUMNS, LIVE, claim_of
 from .sqlreads import Reads
 from .stalls import claim_set
@@ -48,13 +48,21 @@ class FleetQueries:
     async def _write_rows(self, statement: str, args: Sequence[Any]) -> list[Any]:
         """Run one statement in a write transaction of its own; its returned rows."""
 
-    async def register_node(self, node_id: str, handlers: Collection[str], *, now: int) -> None:
+    async def register_node(self, node_id: str, handlers: Collection[str], *, now: int,
+                            notes: str | None = None) -> None:
         p = self.reads.param
         await self._write_rows(
-            f"INSERT INTO nodes (id, handlers, seen_at) VALUES ({p(1)}, {p(2)}, {p(3)})"
-            " ON CONFLICT (id) DO UPDATE SET handlers = excluded.handlers, seen_at = excluded.seen_at",
-            (node_id, "\n".join(sorted(handlers)), now),
+            f"INSERT INTO nodes (id, handlers, seen_at, notes) VALUES ({p(1)}, {p(2)}, {p(3)}, {p(4)})"
+            " ON CONFLICT (id) DO UPDATE SET handlers = excluded.handlers, seen_at = excluded.seen_at,"
+            " notes = excluded.notes",
+            (node_id, "\n".join(sorted(handlers)), now, None if notes is None else notes[:4000]),
         )
+
+    async def nodes(self, *, since: int = 0) -> list[NodeRow]:
+        rows = await self._read(f"SELECT id, handlers, seen_at, notes FROM nodes WHERE seen_at >= {self.reads.param(1)}"
+                                " ORDER BY seen_at DESC, id", (since,))
+        return [NodeRow(str(i), tuple(h for h in str(text).split("\n") if h), int(seen), notes)
+                for i, text, seen, notes in rows]
 
     async def served_handlers(self, *, since: int) -> set[str]:
         rows = await self._read(f"SELECT handlers FROM nodes WHERE seen_at >= {self.reads.param(1)}", (since,))

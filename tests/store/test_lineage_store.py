@@ -88,6 +88,7 @@ async def test_an_append_that_would_take_a_tree_past_its_bound_writes_nothing(st
 #: What each store's migrations before issue 19 leave out (in the order to undo them):
 #: the later migrations' first (issue 14's), then issue 19's.
 _UNDO = (
+    "ALTER TABLE {s}nodes DROP COLUMN notes",
     "DROP TABLE {s}alerts",
     "ALTER TABLE {s}objects DROP COLUMN stalled_on",
     "ALTER TABLE {s}objects DROP COLUMN stalls",

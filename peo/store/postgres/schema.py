@@ -110,6 +110,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX alerts_due ON {s}.alerts (next_at) WHERE delivered_at IS NULL;
     """,
+    # 6: what a node says about itself when it registers (see the SQLite store's 9).
+    """
+    ALTER TABLE {s}.nodes ADD COLUMN notes TEXT;
+    """,
 ]
 
 

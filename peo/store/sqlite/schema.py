@@ -146,6 +146,11 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX alerts_due ON alerts (next_at) WHERE delivered_at IS NULL;
     """,
+    # 9: what a node says about itself when it registers (a configuration repair: it runs
+    # on the known-good copy of a profile or policy that went bad), for peo nodes.
+    """
+    ALTER TABLE nodes ADD COLUMN notes TEXT;
+    """,
 ]
 
 
