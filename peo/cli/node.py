@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ..app import App
     from ..core.crypto import SigningKey
     from ..core.policy import Policy
+    from ..healing.config import KnownGood
     from ..store import Store
     from .parser import Subparsers
 
@@ -72,29 +73,59 @@ def _node_key(args: argparse.Namespace, settings: NodeSettings) -> SigningKey:
 
 
 async def cmd_node(args: argparse.Namespace) -> int:
+    from ..healing.config import load_policy_repaired, load_profile_repaired
     from ..healing.memory import parse_limit
     from ..store import open_store
 
     flags = {"app": args.app, "node_id": args.node_id, "concurrency": args.concurrency,
              "lease_ttl": args.lease_ttl, "policy": args.policy, "memory_limit": args.memory_limit}
-    settings = (NodeSettings.from_profile(args.profile, **flags) if args.profile
-                else NodeSettings().with_options(**flags))
+    # A profile or policy that went bad is replaced by its last known-good copy (kept, signed,
+    # each time one loads): the node starts, and says so (peo.healing.config).
+    known = _known_good(args)
+    repairs = []
+    if args.profile:
+        settings, repaired = load_profile_repaired(args.profile, known, **flags)
+        repairs.append(repaired)
+    else:
+        settings = NodeSettings().with_options(**flags)
     if not settings.app:
         fail("which handlers should this node run? give --app MODULE:ATTR (or app = ... in the profile)")
     parse_limit(settings.memory_limit)  # a malformed --memory-limit (or profile value) is a UsageError now
     app = load_app(settings.app)
     if not app.handlers:
         fail(f"{settings.app} has no handlers registered")
-    policy = resolve_policy(settings.policy)
+    if settings.policy is not None:
+        policy, repaired = load_policy_repaired(settings.policy, known)
+        repairs.append(repaired)
+    else:
+        policy = resolve_policy(None)
+    for repair in (r for r in repairs if r is not None):
+        print(f"peo: warning: {clean(repair.line())}\n  what was wrong: {clean(repair.problem)}\n"
+              + "\n".join(f"  {clean(line)}" for line in repair.diff.splitlines()), file=sys.stderr)
+    notes = "; ".join(r.line() for r in repairs if r is not None) or None
     key = _node_key(args, settings)
     url = store_url(args, settings.store)
     store = open_store(url)
     # An unreachable store is reported before the node says it is serving.
     await _open_store(store, args.wait_for_store)
     try:
-        return await _serve(args, store, url, app, settings, policy, key)
+        return await _serve(args, store, url, app, settings, policy, key, notes)
     finally:
         await store.aclose()
+
+
+def _known_good(args: argparse.Namespace) -> KnownGood | None:
+    """Where this node keeps its known-good configuration: beside its keys, signed with the
+    local node key (None if that key cannot be had: then nothing is kept or repaired)."""
+    from .. import keys
+    from ..errors import PeoError
+    from ..healing.config import KnownGood
+
+    url = store_url(args, None)
+    try:
+        return KnownGood(keys.key_dir(url) / "known-good", keys.load_key(None, "node", url))
+    except (PeoError, OSError):
+        return None
 
 
 async def _open_store(store: Store, bound: float | None) -> None:
@@ -125,12 +156,13 @@ async def _open_store(store: Store, bound: float | None) -> None:
 
 
 async def _serve(args: argparse.Namespace, store: Store, url: str, app: App, settings: NodeSettings,
-                 policy: Policy, key: SigningKey) -> int:
+                 policy: Policy, key: SigningKey, notes: str | None) -> int:
     from ..healing.memory import format_size
     from ..node import Node
     from ..node.signals import serve_until_signalled
 
     node = Node(store, app, settings, policy=policy, key=key)
+    node.notes = notes  # registered with the node: peo nodes shows it
     name = clean(node.node_id)
 
     def say(what: str) -> None:

@@ -55,6 +55,7 @@ VERBS: tuple[tuple[str, str], ...] = (
     ("objects", "submit"),
     ("node", "node"),
     ("fleet", "fleet"),
+    ("nodes", "nodes"),
     ("reads", "ls"),
     ("reads", "show"),
     ("archive", "verify"),

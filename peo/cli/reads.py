@@ -12,7 +12,7 @@ from ..core.model import Status
 from ..errors import IntegrityError
 from ..functions import PROGRESS_KEY, progress_of
 from .parser import EXAMPLE_ID, add_verb, fail, labels, open_client, positive_int, text_arg
-from .render import clean, compact, dumps, iso, jsonable, short_outcome, table, when
+from .render import clean, compact, dumps, iso, jsonable, plural, short_outcome, table, when
 
 if TYPE_CHECKING:
     from ..core.model import ObjectInfo, ObjectSummary
@@ -82,13 +82,15 @@ async def cmd_show(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 1
         refused = await client.store.refused(args.id, limit=5)
+        row = await client.store.get(args.id)  # claims without progress are the store's count
     if args.json:
         doc = _show_doc(info)
+        doc["stalls"], doc["stalled_on"] = row.stalls, list(row.stalled_on)
         doc["refused_signals"] = [{"id": r.id, "name": r.name, "reason": r.reason, "sender": r.sender,
                                    "refused_at": iso(r.refused_at)} for r in refused]
         print(dumps(doc))
     else:
-        _show_text(info, refused)
+        _show_text(info, refused, row.stalls, row.stalled_on)
     return 0
 
 
@@ -170,8 +172,13 @@ def _show_error(err: dict[str, Any]) -> None:
     print()
 
 
-def _show_text(info: ObjectInfo, refused: Sequence[RefusedSignal] = ()) -> None:
-    for k, v in _show_head(info):
+def _show_text(info: ObjectInfo, refused: Sequence[RefusedSignal] = (), stalls: int = 0,
+               stalled_on: Sequence[str] = ()) -> None:
+    head = _show_head(info)
+    if stalls:  # self-healing: claims that ended with its node dead or hung (docs/operations.md)
+        where = f" (on {', '.join(stalled_on)})" if stalled_on else ""
+        head.append(("stalls", f"{stalls} {plural(stalls, 'claim')} in a row ended without progress{where}"))
+    for k, v in head:
         print(f"{k:<9} {clean(v)}")
     print()
     if refused:
@@ -221,16 +228,18 @@ def _show_parser(sub: Subparsers) -> None:
                   "Status, result and reason are checked against the signed head entry (with the keys this set-up "
                   "trusts): a stored head that disagrees is refused (exit 1) and the object quarantined "
                   "(`peo resume ID` repairs it). "
-                  "Signals a node refused to deliver (unsigned, untrusted, replayed, too large) are listed with why. "
+                  "Signals a node refused to deliver (unsigned, untrusted, replayed, too large) are listed with why, "
+                  "and claims that ended without progress (its node died or hung holding it) are counted. "
                   "Memory is shown as stored; `peo verify ID` checks its signatures and hash links.",
                   [f"peo show {EXAMPLE_ID}", f"peo show {EXAMPLE_ID} --json | jq .memory[-1]"], cmd_show)
     sp.add_argument("id", metavar="ID", type=text_arg("object id"))
     sp.add_argument("--json", action="store_true",
                     help="{id,status,intent,context,result,reason,state,progress,last_error,memory:[{seq,action,timestamp,"
-                    "...}],refused_signals:[{id,name,reason,sender,refused_at}]}; last_error is "
+                    "...}],refused_signals:[{id,name,reason,sender,refused_at}],stalls,stalled_on}; last_error is "
                     "{seq,class,message,retryable,traceback} or null; progress is what a durable function last gave "
                     "run.progress (state[\"fn.progress\"]) or null; refused_signals are the latest signals the "
-                    "node would not deliver (at most 5); bytes appear as hex strings")
+                    "node would not deliver (at most 5); stalls counts its claims in a row that ended without "
+                    "progress, stalled_on the nodes they were on; bytes appear as hex strings")
     sp.add_argument("--policy", metavar="FILE", help="policy whose trusted keys to use")
 
 

@@ -109,8 +109,15 @@ def short_outcome(action: str, o: Mapping[str, Any], limit: int = 100) -> str:
     if "reason" in o and action == "terminate":
         parts.append(str(o["reason"]))
     status = o.get("status")
-    if (status is not None and status != "ok") or (status == "ok" and action == "execute"):
+    if status == "shed":  # a node let it go, short of memory
+        parts.append(f"shed ({o.get('shed', '?')})")
+    elif (status is not None and status != "ok") or (status == "ok" and action == "execute"):
         parts.append(str(status))
+    restored = o.get("restore")
+    if action == "mutate" and isinstance(restored, Mapping):
+        parts.append(f"state restored to seq {restored.get('seq')} by {restored.get('by')}: {restored.get('reason')}")
+    if o.get("checkpoint") is True:
+        parts.append("checkpoint")
     err = o.get("error")
     if isinstance(err, Mapping):
         parts.append(f"{err.get('class')}: {err.get('message')}")
@@ -127,7 +134,7 @@ def short_outcome(action: str, o: Mapping[str, Any], limit: int = 100) -> str:
     if isinstance(o.get("children"), list):
         n = len(o["children"])
         parts.append(f"{n} {plural(n, 'child')}" + (" (wait)" if o.get("wait") else ""))
-    if action == "mutate" and isinstance(o.get("new"), Mapping):
+    if action == "mutate" and isinstance(o.get("new"), Mapping) and o["new"]:
         parts.append("refined " + ", ".join(sorted(map(str, o["new"]))))
     if action == "execute" and o.get("status") == "cannot_do":
         parts.append(f"cannot do {o.get('capability')}")

@@ -140,6 +140,11 @@ async def test_a_step_that_kills_its_node_is_restored_then_quarantined_with_one_
     assert [a["object_id"] for a in received] == [oid]
     assert [json.loads(line)["object_id"] for line in alerts_file.read_text().splitlines()] == [oid]
 
+    shown = peo_cli(url, tmp_path, "show", oid)
+    assert shown.returncode == 0, shown.stderr
+    assert "claims in a row ended without progress" in shown.stdout
+    assert "state restored to seq 1 by node" in shown.stdout and "checkpoint" in shown.stdout
+
     story = peo_cli(url, tmp_path, "postmortem", oid)
     assert story.returncode == 0, story.stderr
     for part in ("quarantined", "restore", "claims without progress", "the last checkpoint",
