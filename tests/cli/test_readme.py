@@ -58,6 +58,12 @@ def test_the_cli_tour_runs_as_written(tmp_path: Path) -> None:
     assert (tmp_path / "research.peo").exists() and (tmp_path / "copy.db").exists()
 
 
+def test_the_healing_tour_runs_as_written(tmp_path: Path) -> None:
+    result = run_sh(SH_BLOCKS[3], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "every worker exited 0" in result.stderr and "post-mortem of" in result.stdout
+
+
 @pytest.mark.parametrize(("block", "printed"), [
     (0, "{'pages': ['bees/a', 'bees/b'], 'approved': True}"),  # the function form, first
     (1, "{'n': 10}"),  # the handler form
