@@ -28,6 +28,7 @@ class Handler:
     timeout: float | None  # seconds; None: the node policy's handler_timeout
     retry: Retry | None = None  # None: the intent's constraints, else the node policy, decide
     memory: int | None = None  # bytes an object of it may hold (the memory budget's reserve); None: observed
+    isolation: str | None = None  # "process": each step in a child the node can kill (peo.healing.isolation)
 
 
 class App:
@@ -37,13 +38,16 @@ class App:
         self.handlers: dict[str, Handler] = {}
 
     def handler(self, name: str, *, timeout: float | None = None, retry: Retry | None = None,
-                memory: str | int | None = None) -> Callable[[F], F]:
+                memory: str | int | None = None, isolation: str | None = None) -> Callable[[F], F]:
         """Register a sync or async function as the handler for ``name``.
 
         ``retry`` (a :class:`~peo.Retry`) sets how its failed steps are retried: each of its
         settings applies where the object's intent sets none, and the node's policy applies
         where neither does. ``memory`` (``"200MiB"`` or bytes) is what one of its objects may
-        hold: a node with a memory budget reserves it before starting one (docs/operations.md)."""
+        hold: a node with a memory budget reserves it before starting one (docs/operations.md).
+        ``isolation="process"`` runs each step in a forked child process that the node kills
+        when the step runs past its timeout or grows past ``memory`` (docs/operations.md,
+        "Process isolation")."""
         try:
             check_name(name, "handler name")
         except CodecError as exc:
@@ -53,17 +57,23 @@ class App:
         if retry is not None and not isinstance(retry, Retry):
             raise UsageError("retry must be a peo.Retry(base=, max=, max_attempts=, non_retryable=)")
         reserve = None if memory is None else parse_size(memory, f"handler {name!r}: memory")
+        if isolation is not None:
+            from .healing.isolation import check_isolation  # not at import: it loads asyncio (the core's purity)
+
+            check_isolation(isolation, f"handler {name!r}")
 
         def register(fn: F) -> F:
             if name in self.handlers:
                 raise UsageError(f"handler {name!r} is already registered")
-            self.handlers[name] = Handler(name, fn, inspect.iscoroutinefunction(fn), timeout, retry, reserve)
+            self.handlers[name] = Handler(name, fn, inspect.iscoroutinefunction(fn), timeout, retry, reserve,
+                                          isolation)
             return fn
 
         return register
 
     def function(self, name: str, *, version: str | None = None, timeout: float | None = None,
-                 retry: Retry | None = None, memory: str | int | None = None) -> Callable[[FunctionFn], FunctionFn]:
+                 retry: Retry | None = None, memory: str | int | None = None,
+                 isolation: str | None = None) -> Callable[[FunctionFn], FunctionFn]:
         """Register a durable function ``async def f(run: peo.Run, **goal)`` as ``name``.
 
         It becomes an ordinary handler: each operation it awaits (``run.step``, ``sleep``,
@@ -73,7 +83,12 @@ class App:
         a takeover it is re-run from the top, recorded operations returning their records
         (docs/concepts.md, "Durable functions"). ``version`` (default: a digest of the
         function's code) is recorded by the object's first entry (``run.version``).
-        ``timeout``, ``retry`` and ``memory`` apply to each of its steps as for :meth:`handler`."""
+        ``timeout``, ``retry`` and ``memory`` apply to each of its steps as for :meth:`handler`;
+        ``isolation`` is refused: its coroutine lives on in the node between steps."""
+        if isolation is not None:
+            raise UsageError(f"function {name!r}: a durable function cannot be isolated (isolation="
+                             f"{isolation!r}): its coroutine stays alive in the node between steps; "
+                             "isolate the work it awaits in a handler of its own (run.child)")
         register = self.handler(name, timeout=timeout, retry=retry, memory=memory)
 
         def wrap(fn: FunctionFn) -> FunctionFn:

@@ -29,6 +29,7 @@ from ..core.head import head_of
 from ..core.memory import Fold, genesis, instantiation_outcome, make_entry, verify_chain
 from ..core.model import LIVE_STATUSES, Action, Delegate, Entry, Signal, Status, Step
 from ..errors import CodecError, IntegrityError, LeaseLostError, StoreError
+from ..healing.isolation import run_isolated
 from ..healing.tiers import Healer
 from ..ids import new_id
 from ..store import AppendItem, Claim, NewObject
@@ -261,7 +262,10 @@ class Worker:
         limit = asyncio.timeout(timeout)
         try:
             async with limit:
-                if handler.is_async:
+                if handler.isolation is not None:  # a child process the node can kill
+                    limit.reschedule(None)  # run_isolated keeps the time, and kills
+                    proposal = await run_isolated(handler.fn, step, timeout=timeout, memory_limit=handler.memory)
+                elif handler.is_async:
                     proposal = await handler.fn(step)
                 else:
                     proposal = await asyncio.get_running_loop().run_in_executor(self.pool, handler.fn, step)
