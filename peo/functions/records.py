@@ -12,12 +12,13 @@ from __future__ import annotations
 import builtins
 import datetime
 import math
-import traceback
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ..core.model import Action, ObjectInfo, Signal, Step
+from ..tracebacks import traceback_without
 
 __all__ = [
     "MAX_PROGRESS_BYTES",
@@ -48,7 +49,7 @@ PROGRESS_KEY = "fn.progress"
 MAX_PROGRESS_BYTES = 4096
 
 # Frames of peo.functions itself, left out of a failed step's recorded traceback.
-_OWN_FRAMES = str(Path(__file__).resolve().parent)
+_OWN_FRAMES = str(Path(__file__).resolve().parent) + os.sep
 
 
 def progress_of(info: ObjectInfo | Mapping[str, Any]) -> Any:
@@ -75,9 +76,7 @@ def error_class_of(exc: BaseException) -> str:
 
 def step_traceback(exc: BaseException) -> str:
     """A failed step's traceback, without the frames of peo.functions calling it."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(_OWN_FRAMES)]
-    return "".join(["Traceback (most recent call last):\n", *traceback.format_list(frames),
-                    *traceback.format_exception_only(exc)])
+    return traceback_without(exc, (_OWN_FRAMES,))
 
 
 def unix_time(when: object) -> float | None:

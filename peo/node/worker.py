@@ -16,7 +16,6 @@ import logging
 import os
 import sys
 import time
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +32,7 @@ from ..healing.isolation import run_isolated
 from ..healing.tiers import Healer
 from ..ids import new_id
 from ..store import AppendItem, Claim, NewObject
+from ..tracebacks import traceback_without
 from .intake import Intake
 from .leases import Held
 from .lineage import Lineage
@@ -55,10 +55,7 @@ _PLUMBING = tuple(
 def handler_traceback(exc: BaseException) -> str:
     """The traceback of a handler's exception, without the frames of peo itself (the
     node's own call into the handler says nothing about the handler's bug)."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(_PLUMBING)]
-    lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames),
-             *traceback.format_exception_only(exc)]
-    return "".join(lines)
+    return traceback_without(exc, _PLUMBING)
 
 
 #: The error class of a failed step the node recorded for its own unexpected error.
@@ -198,7 +195,7 @@ class Worker:
             held.released = True
             return
         # Tiers 3 and 4 (peo.healing.tiers): a restore, or a quarantine, first.
-        if claim.stalls and self.healer.needed(claim) and not await self.healer.recover(claim, held, fold, memory):
+        if self.healer.needed(claim) and not await self.healer.recover(claim, held, fold, memory):
             return
         inbox = claim.inbox
         while True:
