@@ -44,7 +44,7 @@ async def cmd_submit(args: argparse.Namespace) -> int:
         oid = await client.submit(
             args.handler, goal, priority=args.priority, scope=args.scope, deadline=args.deadline,
             labels=label_map, max_failures=args.max_failures, max_steps=args.max_steps, retry=retry,
-            object_id=args.id,
+            object_id=args.id, max_recoveries=args.max_recoveries,
         )
     if not served:
         print(f"peo: warning: no node has served handler {clean(args.handler)!r} on this store in the last day; "
@@ -123,6 +123,9 @@ def _submit_parser(sub: Subparsers) -> None:
                     help="choose the object's id (printable, no whitespace, at most 128 characters): submitting "
                          "the same id and intent again prints it and creates nothing")
     sp.add_argument("--max-failures", type=positive_int, metavar="N", help="consecutive failures before it fails")
+    sp.add_argument("--max-recoveries", type=positive_int, metavar="N",
+                    help="claims without progress, or failed steps of one error class, in a row before a node "
+                         "restores the known-good state, then quarantines (default: the node's max_recoveries)")
     sp.add_argument("--max-attempts", type=positive_int, metavar="N",
                     help="attempts of one step before the object fails (the same as --max-failures)")
     sp.add_argument("--retry-base", type=positive_seconds, metavar="SECONDS",

@@ -56,8 +56,8 @@ async def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def _reason(r: ObjectSummary) -> str:
-    """The REASON column: why it ended, for a dormant object what wakes it, and for a live
-    object no node serves, that."""
+    """The REASON column: why it ended, for a dormant object what wakes it (and that a node
+    shed it), and for a live object no node serves, that."""
     if r.unserved and r.status is not Status.DORMANT:
         return "no node serves this handler"
     if r.status is not Status.DORMANT:
@@ -67,7 +67,8 @@ def _reason(r: ObjectSummary) -> str:
         waits.append("children")
     if r.due_at is not None:
         waits.append(f"until {when(r.due_at)}")
-    return "waits for " + " or ".join(waits) if waits else "waits (for nothing: a cancel wakes it)"
+    shed = f"{r.reason}, " if r.reason else ""  # shed by a node short of memory
+    return shed + ("waits for " + " or ".join(waits) if waits else "waits (for nothing: a cancel wakes it)")
 
 
 async def cmd_show(args: argparse.Namespace) -> int:

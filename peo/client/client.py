@@ -154,6 +154,7 @@ class Client:
         now: int,
         retry: Retry | None = None,
         object_id: str | None = None,
+        max_recoveries: int | None = None,
     ) -> NewObject:
         try:
             check_name(handler, "handler")
@@ -178,7 +179,8 @@ class Client:
             raise PolicyError(f"goal of {size} bytes exceeds the policy limit of {self.policy.max_payload_bytes}")
         if isinstance(priority, bool) or not isinstance(priority, int) or not -1_000_000 <= priority <= 1_000_000:
             raise UsageError("priority must be an integer between -1000000 and 1000000")
-        for name, value in (("max_failures", max_failures), ("max_steps", max_steps)):
+        for name, value in (("max_failures", max_failures), ("max_steps", max_steps),
+                            ("max_recoveries", max_recoveries)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise UsageError(f"{name} must be a positive integer")
         deadline_ns = None
@@ -190,7 +192,8 @@ class Client:
             lab = {check_name(k, "label"): check_name(v, "label value") for k, v in (labels or {}).items()}
         except CodecError as exc:
             raise UsageError(str(exc)) from None
-        constraints = Constraints(deadline=deadline_ns, max_failures=max_failures, max_steps=max_steps)
+        constraints = Constraints(deadline=deadline_ns, max_failures=max_failures, max_steps=max_steps,
+                                  max_recoveries=max_recoveries)
         if retry is not None:
             if None not in (max_failures, retry.max_attempts) and max_failures != retry.max_attempts:
                 raise UsageError(f"max_failures={max_failures} and Retry(max_attempts={retry.max_attempts}) "
@@ -225,11 +228,16 @@ class Client:
         max_steps: int | None = None,
         retry: Retry | None = None,
         object_id: str | None = None,
+        max_recoveries: int | None = None,
     ) -> str:
         """Create an object; returns its id. Input is checked before anything is written.
 
         ``retry`` (a :class:`~peo.Retry`) is recorded in the intent's constraints and
-        overrides the handler's own for this object. ``object_id`` chooses the id (printable,
+        overrides the handler's own for this object. ``max_recoveries`` (default: the
+        node's setting) is how many claims without progress, or failed steps of one error
+        class, in a row a node lets pass before it restores the object's known-good state
+        and, if that does not help, quarantines it (docs/operations.md, "Self-healing").
+        ``object_id`` chooses the id (printable,
         no whitespace, at most 128 characters; default: a new UUIDv7) and makes the submit
         idempotent: if an object with that id exists and entry 0 records the same intent
         (handler, goal, constraints with the deadline taken relative to submission, scope,
@@ -240,7 +248,7 @@ class Client:
         await self._guard_key()
         obj = self._prepare(handler, goal, priority=priority, scope=scope, deadline=deadline, labels=labels,
                             max_failures=max_failures, max_steps=max_steps, now=time.time_ns(), retry=retry,
-                            object_id=object_id)
+                            object_id=object_id, max_recoveries=max_recoveries)
         try:
             await self.store.create([obj])
         except ConflictError:
@@ -277,9 +285,9 @@ class Client:
             raise UsageError("submit_many gives each object a new id: submit one at a time to choose ids")
         await self._guard_key()
         now = time.time_ns()
-        objs = [self._prepare(handler, g, now=now, **{"priority": 0, "scope": "default", "deadline": None,
-                                                       "labels": None, "max_failures": None, "max_steps": None,
-                                                       "retry": None, **options}) for g in goals]
+        defaults = {"priority": 0, "scope": "default", "deadline": None, "labels": None, "max_failures": None,
+                    "max_steps": None, "retry": None, "max_recoveries": None}
+        objs = [self._prepare(handler, g, now=now, **{**defaults, **options}) for g in goals]
         if objs:
             await self.store.create(objs)
         return [o.id for o in objs]

@@ -203,7 +203,8 @@ def _make_converter() -> cattrs.Converter:
     # Fields added after format 1 are left out while unset, so that an intent which does not
     # use them encodes to the same bytes as before (tests/core/test_golden.py).
     conv.register_unstructure_hook(
-        Constraints, make_dict_unstructure_fn(Constraints, conv, non_retryable=override(omit_if_default=True)))
+        Constraints, make_dict_unstructure_fn(Constraints, conv, non_retryable=override(omit_if_default=True),
+                                              max_recoveries=override(omit_if_default=True)))
     conv.register_unstructure_hook(
         Context, make_dict_unstructure_fn(Context, conv, root=override(omit_if_default=True),
                                           depth=override(omit_if_default=True)))

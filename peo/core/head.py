@@ -29,7 +29,7 @@ class Head:
     due_at: int | None  # when a node should next look at it: now (runnable), its time trigger, or never
     waiting_for: Wake | None = None  # dormant objects only
     result: Any = None  # terminated objects only
-    reason: str | None = None  # why it terminated
+    reason: str | None = None  # why it terminated; why a node shed it (``shed: memory``)
 
     @property
     def wait_signal(self) -> str | None:
@@ -51,5 +51,5 @@ def head_of(fold: Fold, *, now: int) -> Head:
         return Head(status, now)
     if status is Status.DORMANT:
         wake = fold.wake
-        return Head(status, wake.until, wake)
+        return Head(status, wake.until, wake, reason=None if fold.shed is None else f"shed: {fold.shed}")
     return Head(status, None, result=fold.result, reason=fold.reason)

@@ -193,6 +193,7 @@ class Fold:
         "cannot_do",
         "checkpoint_seq",
         "children",
+        "class_streak",
         "consecutive_failures",
         "context",
         "failures",
@@ -208,6 +209,7 @@ class Fold:
         "restored_seq",
         "result",
         "seq",
+        "shed",
         "signal_nonces",
         "state",
         "status",
@@ -243,6 +245,10 @@ class Fold:
         self.cannot_do: set[str] = set()
         self.last_latency = 0
         self.last_error_class: str | None = None
+        # Failed steps in a row of the error class last_error_class (self-healing tier 3).
+        self.class_streak = 0
+        # Why the node shed the object (``memory``) while it sleeps from a shed; else None.
+        self.shed: str | None = None
         # The seq of the first attempt of the step in progress, once an attempt has failed:
         # every attempt of one step shares its idempotency key ("object id:attempt_seq")
         # until the step succeeds. None: the next step starts afresh at seq + 1.
@@ -260,6 +266,13 @@ class Fold:
         """The seq whose state a self-healing restore goes back to: the last checkpoint a
         handler marked, else the last step that succeeded."""
         return self.checkpoint_seq if self.checkpoint_seq is not None else self.known_good_seq
+
+    def _failed(self, error_class: str | None) -> None:
+        """Count a failed step of ``error_class`` in :attr:`class_streak` (before
+        :attr:`consecutive_failures` counts it)."""
+        same = self.consecutive_failures > 0 and error_class == self.last_error_class
+        self.class_streak = self.class_streak + 1 if same else 1
+        self.last_error_class = error_class
 
     @classmethod
     def of(cls, entries: Sequence[Entry]) -> Fold:
@@ -336,12 +349,14 @@ class Fold:
             kind = out.get("status", "ok")
             if kind == "ok":
                 self.consecutive_failures = 0
+                self.class_streak = 0
                 self.attempt_seq = None
                 if reset is None:
                     self.known_good_seq = entry.seq
                     if out.get("checkpoint") is True:
                         self.checkpoint_seq = entry.seq
             elif kind in ("refused", "invalid"):
+                self.class_streak = 0  # the policy's answer to a proposal, not a fault to heal
                 self.consecutive_failures += 1
                 self.failures += 1
                 if self.attempt_seq is None:
@@ -362,18 +377,23 @@ class Fold:
                 return
             self.status = Status.RUNNABLE
             self.wait = None
+            self.shed = None
         elif action is Action.DORMANCY:
             self.steps += 1
             self.pending_signals = ()
             kind = out.get("status")
+            self.shed = None
             if kind == "failed":
+                self._failed(out.get("error", {}).get("class"))
                 self.consecutive_failures += 1
                 self.failures += 1
-                self.last_error_class = out.get("error", {}).get("class")
                 if self.attempt_seq is None:
                     self.attempt_seq = entry.seq
-            elif kind != "shed":  # a node shedding load is neither a success nor a failure
+            elif kind == "shed":  # a node shedding load is neither a success nor a failure
+                self.shed = str(out.get("shed"))
+            else:
                 self.consecutive_failures = 0
+                self.class_streak = 0
                 self.attempt_seq = None
                 self.known_good_seq = entry.seq
             self.status = Status.DORMANT
@@ -381,6 +401,7 @@ class Fold:
         elif action is Action.REENTRY:
             self.status = Status.RUNNABLE
             self.wait = None
+            self.shed = None
             self.pending_signals = tuple(
                 Signal(s["name"], s.get("payload"), s.get("id", 0), sender=s.get("sender"))
                 for s in out.get("signals", ())

@@ -92,6 +92,10 @@ class Constraints:
     # the object at once instead of being retried. None: the handler's Retry decides.
     # Left out of the encoding while None, so intents written before it encode unchanged.
     non_retryable: tuple[str, ...] | None = None
+    # Self-healing: claims without progress, or failed steps of one error class, in a row
+    # before a node restores the known-good state (then quarantines). None: the node's
+    # setting. Left out of the encoding while None, like non_retryable.
+    max_recoveries: int | None = None
 
 
 def _exception_names(value: object) -> tuple[str, ...] | None:
@@ -350,6 +354,9 @@ class Step:
     cannot_do: frozenset[str] = frozenset()
     first_seq: int | None = None  # the seq of this step's first attempt, if an earlier one failed
     failed_children: Mapping[str, str] = attrs.field(factory=dict)
+    # The policy of the node running the step (a peo.Policy; None in rigs that give none):
+    # what an agent's loop reads its tool allow-lists, approvals and budgets from.
+    policy: Any = attrs.field(default=None, repr=False, eq=False)
 
     @property
     def goal(self) -> dict[str, Any]:

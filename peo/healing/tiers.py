@@ -2,8 +2,10 @@
 
 The store counts, across nodes and restarts, the claims of an object that ended without
 progress (``Claim.stalls``: its node died or hung while holding it, the seq unchanged). Tier 2
-is the store's too: the next claim goes to another node where one exists. A node that
-claims an object with ``stalls`` at or above its ``max_recoveries``:
+is the store's too: the next claim goes to another node where one exists. The memory counts
+the failed steps in a row of one error class (``Fold.class_streak``). A node that claims an
+object with ``stalls`` at or above its ``max_recoveries`` (the intent's constraint, else the
+node's setting), or is about to run a handler whose ``class_streak`` is:
 
 * **restores** it (tier 3): a signed mutate entry sets the working state back to its
   known-good state (``Fold.known_good``: after the last step a handler marked with
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
     from ..node.worker import Worker
     from ..store import Claim
 
-__all__ = ["Healer", "stall_reason"]
+__all__ = ["Healer", "failure_reason", "stall_reason"]
 
 log = logging.getLogger("peo.node")
 
@@ -40,21 +42,39 @@ def stall_reason(stalls: int, nodes: tuple[str, ...]) -> str:
     return f"{stalls} claim{'s' if stalls != 1 else ''} in a row ended without progress{where}"
 
 
+def failure_reason(fold: Fold) -> str:
+    n = fold.class_streak
+    return f"{n} failed step{'s' if n != 1 else ''} in a row of error class {fold.last_error_class}"
+
+
 class Healer:
-    """The node's tiers 3 and 4, called by its worker right after a claim is verified."""
+    """The node's tiers 3 and 4, called by its worker right after a claim is verified
+    and before a handler runs again after failed steps."""
 
     def __init__(self, node: Node, worker: Worker):
         self.node = node
         self.worker = worker
 
-    def needed(self, claim: Claim) -> bool:
-        """Has ``claim`` stalled often enough for tier 3 or 4? (Cheap: no I/O.)"""
-        return claim.stalls >= self.node.settings.max_recoveries
+    def limit(self, fold: Fold) -> int:
+        """The object's ``max_recoveries``: its intent's constraint, else the node's setting."""
+        own = fold.intent.constraints.max_recoveries
+        return own if own is not None else self.node.settings.max_recoveries
 
-    async def recover(self, claim: Claim, held: Held, fold: Fold, memory: list[Entry]) -> bool:
-        """Restore or quarantine the object; True if the worker should go on serving it."""
+    def needed(self, claim: Claim, fold: Fold) -> bool:
+        """Has ``claim`` stalled often enough for tier 3 or 4? (Cheap: no I/O.)"""
+        return claim.stalls > 0 and claim.stalls >= self.limit(fold)
+
+    def failing(self, fold: Fold) -> bool:
+        """Have its steps failed often enough in a row, with one error class, for tier 3 or
+        4? (Asked before each handler run of an object whose last step failed.)"""
+        return fold.class_streak >= self.limit(fold)
+
+    async def recover(self, claim: Claim, held: Held, fold: Fold, memory: list[Entry], *,
+                      failing: bool = False) -> bool:
+        """Restore or quarantine the object; True if the worker should go on serving it.
+        ``failing``: because of its failed steps (:meth:`failing`), not its stalls."""
         node = self.node
-        why = stall_reason(claim.stalls, claim.stalled_on)
+        why = failure_reason(fold) if failing else stall_reason(claim.stalls, claim.stalled_on)
         good = fold.known_good
         # A restore to the same known-good state (or an older one) was tried already and the
         # object stalled again: restoring once more would loop. Tier 4.

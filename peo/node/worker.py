@@ -195,7 +195,7 @@ class Worker:
             held.released = True
             return
         # Tiers 3 and 4 (peo.healing.tiers): a restore, or a quarantine, first.
-        if self.healer.needed(claim) and not await self.healer.recover(claim, held, fold, memory):
+        if self.healer.needed(claim, fold) and not await self.healer.recover(claim, held, fold, memory):
             return
         inbox = claim.inbox
         while True:
@@ -213,6 +213,11 @@ class Worker:
                 await node.store.release(oid, held.token, due_at=decided.due_at, now=now)
                 held.released = True
                 return
+            if decided is RUN_HANDLER and fold.class_streak and self.healer.failing(fold):
+                # Tier 3 or 4 for a step that keeps failing with one error class.
+                if not await self.healer.recover(claim, held, fold, memory, failing=True):
+                    return
+                continue
             decision = await self.step(fold, memory, signals) if decided is RUN_HANDLER else decided
             assert isinstance(decision, Decision)
             if held.lost:
@@ -250,6 +255,7 @@ class Worker:
             attempt=fold.consecutive_failures + 1,
             cannot_do=frozenset(fold.cannot_do),
             first_seq=fold.attempt_seq,
+            policy=node.policy,
         )
         timeout = handler.timeout or node.policy.handler_timeout
         started = time.perf_counter_ns()

@@ -173,7 +173,7 @@ def append_head(p: Param) -> str:
     return (
         f"UPDATE objects SET seq = {p('seq')}, head = {p('hash')}, status = {p('status')}, due_at = {due},"
         f" wait_signal = {p('wait_signal')}, wait_children = {p('wait_children')},"
-        f" result = coalesce({p('result')}, result), reason = coalesce({p('reason')}, reason),"
+        f" result = coalesce({p('result')}, result), reason = {p('reason')},"
         f" inbox = inbox - {p('consumed')}, updated_at = {p('now')}, {lease}, {PROGRESS}"
         f" WHERE id = {p('id')} AND seq = {p('prev_seq')} AND lease_token = {p('token')}"
         " RETURNING inbox, due_at"

@@ -8,9 +8,11 @@ may mark a step's state as its checkpoint; a node's shed is neither success nor 
 from __future__ import annotations
 
 import peo
+from peo.core.codec import structure, unstructure
 from peo.core.cycle import restore, shed
+from peo.core.head import head_of
 from peo.core.memory import Fold, state_at, verify_chain
-from peo.core.model import Action, Status
+from peo.core.model import Action, Constraints, Intent, Status
 
 from ._helpers import SECOND, T0, Sim, keyring
 
@@ -63,3 +65,57 @@ def test_a_shed_is_a_dormancy_that_keeps_the_failure_streak() -> None:
     assert sim.fold.status is Status.DORMANT and sim.fold.consecutive_failures == 1
     assert sim.entries[-1].outcome["shed"] == "memory" and sim.entries[-1].outcome["status"] == "shed"
     assert sim.fold.wake.until == sim.now + SECOND and sim.now > T0
+
+
+def fail_and_wake(sim: Sim, error_class: str) -> None:
+    sim.append(sim.conclude(peo.Fail("boom", error_class=error_class)))
+    sim.now += 3600 * SECOND
+    sim.append(sim.plan())  # the backoff ends: reentry
+
+
+def test_the_class_streak_counts_failed_steps_in_a_row_of_one_error_class() -> None:
+    sim = Sim(Intent("h", {}, Constraints(max_failures=50)))
+    fail_and_wake(sim, "upstream")
+    fail_and_wake(sim, "upstream")
+    assert (sim.fold.class_streak, sim.fold.last_error_class, sim.fold.consecutive_failures) == (2, "upstream", 2)
+    fail_and_wake(sim, "timeout")  # another class starts a streak of its own
+    assert (sim.fold.class_streak, sim.fold.consecutive_failures) == (1, 3)
+    fail_and_wake(sim, "timeout")
+    assert sim.fold.class_streak == 2
+    steps(sim, peo.Continue(state={"ok": True}))  # a step that succeeds ends the streak
+    assert (sim.fold.class_streak, sim.fold.consecutive_failures) == (0, 0)
+    fail_and_wake(sim, "timeout")
+    assert sim.fold.class_streak == 1  # not 3: the streak must be unbroken
+
+
+def test_a_restore_ends_the_class_streak_and_a_shed_does_not() -> None:
+    sim = Sim(Intent("h", {}, Constraints(max_failures=50)))
+    steps(sim, peo.Continue(state={"n": 1}))
+    fail_and_wake(sim, "upstream")
+    sim.append(shed("memory", until=sim.now + SECOND))
+    assert sim.fold.shed == "memory"
+    sim.now += 2 * SECOND
+    sim.append(sim.plan())
+    assert sim.fold.shed is None
+    fail_and_wake(sim, "upstream")
+    assert sim.fold.class_streak == 2
+    sim.append(restore(1, state_at(sim.entries, 1), reason="2 failed steps", by="node"))
+    assert sim.fold.class_streak == 0 and sim.fold.restore_target == 1
+
+
+def test_a_shed_objects_head_says_so_until_it_wakes() -> None:
+    sim = Sim()
+    steps(sim, peo.Continue(state={"n": 1}))
+    sim.append(shed("memory", until=sim.now + SECOND))
+    assert head_of(sim.fold, now=sim.now).reason == "shed: memory"
+    sim.now += 2 * SECOND
+    sim.append(sim.plan())
+    assert head_of(sim.fold, now=sim.now).reason is None
+    steps(sim, peo.Sleep(seconds=60))
+    assert head_of(sim.fold, now=sim.now).reason is None  # a handler's own sleep is not a shed
+
+
+def test_max_recoveries_is_left_out_of_an_intents_encoding_while_unset() -> None:
+    assert "max_recoveries" not in unstructure(Constraints())
+    assert unstructure(Constraints(max_recoveries=3))["max_recoveries"] == 3
+    assert structure(unstructure(Constraints(max_recoveries=3)), Constraints).max_recoveries == 3

@@ -79,8 +79,15 @@ def _conclude(t: Turn, proposal: object, rule: Rule | None, traceback: str | Non
         is_timeout = isinstance(proposal, TimeoutError)
         # The class is recorded on its own: the message is the exception's text only.
         message = str(proposal) or ("the handler timed out" if is_timeout else repr(proposal))
-        return t.fail("timeout" if is_timeout else type(proposal).__name__, message,
-                      retryable=not t.non_retryable(proposal), traceback=traceback)
+        # An exception may say what it is: ``error_class`` (a str), ``retryable`` (False: fail
+        # the object at once) and ``retry_after`` (seconds the remote side asked to wait),
+        # as the agent layer's model errors do.
+        own = getattr(proposal, "error_class", None)
+        error_class = own if isinstance(own, str) and own else ("timeout" if is_timeout else type(proposal).__name__)
+        retryable = getattr(proposal, "retryable", True) is not False and not t.non_retryable(proposal)
+        after = getattr(proposal, "retry_after", None)
+        wait = after if isinstance(after, int | float) and not isinstance(after, bool) else None
+        return t.fail(error_class, message, retryable=retryable, traceback=traceback, retry_after=wait)
     if rule is None:
         return t.invalid(f"handler returned {type(proposal).__name__}, not a peo proposal")
     state = getattr(proposal, "state", None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 from typing import Any
 
 import attrs
@@ -62,7 +63,7 @@ class Turn:
 
     def fail(self, error_class: str, message: str, *, retryable: bool, kind: str = "failed",
              state: dict[str, Any] | None = None, traceback: str | None = None,
-             retry: Retry | None = None) -> Decision:
+             retry: Retry | None = None, retry_after: float | None = None) -> Decision:
         """A failed step: back off and retry, or end the object past its failure threshold.
 
         ``kind`` "refused" or "invalid" means the proposal was not carried out, nor its state
@@ -73,7 +74,9 @@ class Turn:
         the object ends at once instead of being retried as if the failure were transient.
         ``traceback`` (the handler's, formatted by the node) is kept up to the policy's
         ``max_traceback_bytes``, its last lines kept. ``retry`` (a :class:`~peo.Fail`'s own)
-        comes before the intent's and the handler's settings.
+        comes before the intent's and the handler's settings. ``retry_after`` (seconds, from
+        the failure: a 429's Retry-After) makes the backoff at least that long, within the
+        policy's ``retry_max``.
         """
         error: dict[str, Any] = {"class": error_class, "message": message[:2000], "retryable": retryable}
         limit = self.policy.max_traceback_bytes
@@ -105,6 +108,8 @@ class Turn:
         delay = policy.backoff_ns(failures, error_class, self.latency_ns, _first(s.base, c.retry_base, r.base),
                                   _first(s.max, c.retry_max, r.max),
                                   hashlib.sha256(f"{fold.object_id}:{fold.seq + 1}".encode()).digest())
+        if retry_after is not None and math.isfinite(retry_after) and retry_after > 0:
+            delay = max(delay, min(int(retry_after * 1e9), int(policy.retry_max * 1e9)))
         wake = Wake(until=self.now + delay)
         outcome = {**extra, "wake": wake.as_outcome(), "retry_in": delay}
         return Decision(Action.DORMANCY, outcome, Status.DORMANT, wake, self.consumed)
