@@ -17,6 +17,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .agents.loop import AgentError as AgentError
+from .agents.model import Model as Model
+from .agents.model import ModelError as ModelError
+from .agents.tools import Tool as Tool
 from .app import App as App
 from .core.crypto import Keyring as Keyring
 from .core.crypto import SigningKey as SigningKey
@@ -90,6 +94,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Action",
+    "AgentError",
     "App",
     "CannotDo",
     "ChildFailed",
@@ -110,6 +115,8 @@ __all__ = [
     "InternalError",
     "Keyring",
     "LeaseLostError",
+    "Model",
+    "ModelError",
     "NodeSettings",
     "NotFoundError",
     "ObjectExistsError",
@@ -134,6 +141,7 @@ __all__ = [
     "StepTimeout",
     "StoreError",
     "TimeoutError",
+    "Tool",
     "UsageError",
     "WaitSignal",
 ]

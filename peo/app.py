@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import attrs
@@ -36,6 +36,8 @@ class App:
 
     def __init__(self) -> None:
         self.handlers: dict[str, Handler] = {}
+        self.tools: dict[str, Any] = {}  # name -> peo.agents.Tool (@app.tool)
+        self._tool_of: dict[int, Any] = {}  # id(function) -> its Tool
 
     def handler(self, name: str, *, timeout: float | None = None, retry: Retry | None = None,
                 memory: str | int | None = None, isolation: str | None = None) -> Callable[[F], F]:
@@ -96,6 +98,56 @@ class App:
             return fn
 
         return wrap
+
+    def tool(self, name: str | None = None, *, description: str | None = None, needs_approval: bool = False,
+             idempotent: bool = False, reconcile: Callable[..., Any] | None = None) -> Callable[[F], F]:
+        """Register a sync or async function as a tool agents may call (``peo[llm]``).
+
+        Its JSON schema comes from its type hints (a hint that cannot become one is an error
+        here); ``needs_approval`` makes each call wait for a human's approval of that exact
+        call; ``idempotent`` tools take an ``idempotency_key`` parameter and may be run again
+        after a crash; a non-idempotent tool whose node died mid-call is not run again:
+        ``reconcile(arguments, idempotency_key)`` says what happened, or a human does
+        (docs/agents.md)."""
+        from .agents.tools import tool_from_function
+
+        def register(fn: F) -> F:
+            made = tool_from_function(fn, name=name, description=description, needs_approval=needs_approval,
+                                      idempotent=idempotent, reconcile=reconcile)
+            if made.name in self.tools:
+                raise UsageError(f"tool {made.name!r} is already registered")
+            self.tools[made.name] = made
+            self._tool_of[id(fn)] = made
+            return fn
+
+        return register
+
+    def agent(self, name: str, *, model: Any, instructions: str = "", tools: Sequence[Any] = (),
+              timeout: float | None = None, tool_timeout: float = 300.0, retry: Retry | None = None,
+              memory: str | int | None = None) -> None:
+        """Register an agent ``name``: a durable function that asks ``model`` (a
+        :class:`peo.Model`) what to do next, one recorded step per model call and per tool
+        call, under the node's policy (docs/agents.md). ``tools`` are functions registered
+        with :meth:`tool` (or plain typed functions), :class:`~peo.agents.Tool` values, or
+        MCP servers (``peo.mcp.stdio(...)``, ``peo.mcp.http(...)``)."""
+        from .agents.loop import agent_function
+        from .agents.tools import Tool, tool_from_function
+
+        resolved: list[Any] = []
+        for item in tools:
+            if isinstance(item, Tool):
+                resolved.append(item)
+            elif id(item) in self._tool_of:
+                resolved.append(self._tool_of[id(item)])
+            elif getattr(item, "is_mcp_server", False):
+                resolved.append(item)
+            elif callable(item):
+                resolved.append(tool_from_function(item))
+            else:
+                raise UsageError(f"agent {name!r}: {item!r} is not a tool (a function, a peo Tool, an MCP server)")
+        fn = agent_function(model, instructions, resolved, tool_timeout=tool_timeout)
+        fn.__name__ = fn.__qualname__ = f"agent_{name}"
+        self.function(name, version=f"agent:{model.name}", timeout=timeout, retry=retry, memory=memory)(fn)
 
     def __contains__(self, name: object) -> bool:
         return name in self.handlers

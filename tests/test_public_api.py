@@ -6,16 +6,13 @@ from __future__ import annotations
 import peo
 
 PUBLIC = [
-    "Action", "App", "CannotDo", "ChildFailed", "Client", "CodecError", "ConflictError", "Constraints", "Context",
-    "Continue",
-    "Delegate", "DivergedError", "Done", "Entry", "Fail", "InboxFullError", "IntegrityError", "Intent",
-    "InternalError", "Keyring",
-    "LeaseLostError", "NodeSettings", "NotFoundError", "ObjectExistsError", "ObjectFailedError", "ObjectInfo",
-    "ObjectSummary", "ObjectTerminatedError",
-    "PeoError", "Policy", "PolicyError",
-    "Proposal", "Refine", "Retry", "Run", "Signal", "SignalTimeout", "SigningKey", "Sleep", "Status", "Step",
-    "StepFailed", "StepTimeout",
-    "StoreError", "TimeoutError", "UsageError", "WaitSignal",
+    "Action", "AgentError", "App", "CannotDo", "ChildFailed", "Client", "CodecError", "ConflictError",
+    "Constraints", "Context", "Continue", "Delegate", "DivergedError", "Done", "Entry", "Fail",
+    "InboxFullError", "IntegrityError", "Intent", "InternalError", "Keyring", "LeaseLostError", "Model",
+    "ModelError", "NodeSettings", "NotFoundError", "ObjectExistsError", "ObjectFailedError", "ObjectInfo",
+    "ObjectSummary", "ObjectTerminatedError", "PeoError", "Policy", "PolicyError", "Proposal", "Refine",
+    "Retry", "Run", "Signal", "SignalTimeout", "SigningKey", "Sleep", "Status", "Step", "StepFailed",
+    "StepTimeout", "StoreError", "TimeoutError", "Tool", "UsageError", "WaitSignal",
 ]
 
 

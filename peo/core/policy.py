@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 
 from ..errors import CodecError, PolicyError
+from .agent_rules import AgentRules, parse_agent_rules
 from .codec import check_name
 from .crypto import key_id_of
 from .model import Constraints, Context, Intent
@@ -69,7 +70,7 @@ _HEX = frozenset("0123456789abcdef")
 
 def _sections(doc: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
     """Each known table of a parsed document (empty if absent); unknown tables or keys are errors."""
-    unknown = set(doc) - {"name", *_SECTIONS}
+    unknown = set(doc) - {"name", "agents", "prices", *_SECTIONS}
     if unknown:
         raise PolicyError(f"{source}: unknown section(s): {', '.join(sorted(unknown))}")
     out = {}
@@ -200,6 +201,8 @@ class Policy:
     signal_batch: int = 64  # most signals delivered to one step
     accept_unsigned_signals: bool = False
     signal_rules: tuple[SignalRule, ...] = ()
+    # What agents may do: tools, delegations, approvals, budgets, prices (peo.core.agent_rules).
+    agents: AgentRules = attrs.field(factory=AgentRules)
 
     # -- loading ------------------------------------------------------------------------
 
@@ -260,6 +263,7 @@ class Policy:
             signal_batch=num(signals, "signals", "batch", d.signal_batch, integer=True, minimum=1),
             accept_unsigned_signals=_flag(signals.get("unsigned", False), f"{source}: [signals] unsigned"),
             signal_rules=_signal_rules(signals.get("rules", []), f"{source}: [signals] rules"),
+            agents=parse_agent_rules(doc.get("agents"), doc.get("prices"), source),
         )
         return policy
 

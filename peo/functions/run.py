@@ -195,6 +195,11 @@ class Run:
         return self._step.attempt
 
     @property
+    def step_now(self) -> Step:
+        """The handler step this run is in (its context, memory and the node's policy)."""
+        return self._step
+
+    @property
     def position(self) -> int:
         """How many operations the function has reached so far in this run."""
         return self._position
@@ -290,11 +295,13 @@ class Run:
             return
         raise Suspend(Sleep(until=until, state={key: self._record("wait_until", None, until=until)}))
 
-    async def wait_signal(self, name: str, *, timeout: float | None = None) -> Signal:
+    async def wait_signal(self, name: str, *, timeout: float | None = None,
+                          note: dict[str, Any] | None = None) -> Signal:
         """Wait durably for a signal called ``name`` and return it; raise
         :class:`~peo.SignalTimeout` when ``timeout`` seconds pass first. A signal that
         arrived earlier, while the function was doing something else, is returned at once
-        (each signal is returned by one wait only)."""
+        (each signal is returned by one wait only). ``note`` (plain data) is recorded with
+        the wait, for whoever is to send the signal (``peo pending`` shows an approval's)."""
         self._check("wait_signal")
         key, record = self._reach("signal", name)
         while record is None:
@@ -310,8 +317,9 @@ class Run:
             # wait too. Then look again: the next step may have been handed another.
             await self._commit_pending()
         if record is None:
+            extra = {"note": note} if note is not None else {}
             raise Suspend(WaitSignal(name, timeout=timeout, state={key: self._record("signal", name,
-                                                                                     timeout=timeout)}))
+                                                                                     timeout=timeout, **extra)}))
         got = self._resolve(record)
         if got is None:
             raise self._raise(SignalTimeout(name, record.get("timeout", timeout)))

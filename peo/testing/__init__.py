@@ -12,8 +12,9 @@ proposals), :mod:`.script` (the scripted handler, scripts, expected_actions),
 (ResumptionMachine, run_resumption_tests), :mod:`.timeskip` (FunctionEnv: a temporary
 store, a fake clock that jumps to the next timer, crashes after any entry; see
 docs/testing.md), :mod:`.programs` (random durable-function programs; run_function, which
-runs a function to its end with crashes armed), :mod:`.faults`, :mod:`.chaos`; ``python -m
-peo.testing`` runs :func:`main`.
+runs a function to its end with crashes armed), :mod:`.faults`, :mod:`.chaos`,
+:mod:`.fakellm` (FakeLLMServer: a scripted OpenAI-compatible server on 127.0.0.1);
+``python -m peo.testing`` runs :func:`main`.
 
 Property-based resumption tests
 -------------------------------
@@ -77,6 +78,7 @@ from .clock import FakeClock
 if TYPE_CHECKING:
     from .__main__ import main
     from .cycle import run_one_cycle
+    from .fakellm import FakeLLMServer, Reply
     from .machine import ResumptionMachine, run_resumption_tests
     from .programs import (
         Effect,
@@ -99,9 +101,11 @@ __all__ = [
     "Crash",
     "Effect",
     "FakeClock",
+    "FakeLLMServer",
     "FunctionEnv",
     "FunctionRun",
     "Program",
+    "Reply",
     "ResumptionMachine",
     "ScriptError",
     "SendSignal",
@@ -150,6 +154,8 @@ _LAZY = {
     "register_programs": ".programs",
     "run_function": ".programs",
     "run_program": ".programs",
+    "FakeLLMServer": ".fakellm",
+    "Reply": ".fakellm",
 }
 
 
