@@ -27,6 +27,7 @@ from ..core.agent_rules import ScopeRules, Usage
 from ..core.policy import Policy
 from ..errors import ChildFailed, PeoError, UsageError
 from ..functions import Run
+from ..functions.records import record_key
 from .model import Model, complete
 from .tools import Tool, ToolArgumentsError, call_digest
 
@@ -205,8 +206,10 @@ class _Agent:
             return {"tool": name, "digest": call_digest(name, arguments)}
 
         await self.run.step(start, name=f"start:{name}")
-        if not ran and not self.run.recorded_next():
-            return False, await self.unknown(tool, arguments, key)
+        if not ran:  # the start was recorded by an earlier run: did that run record the result?
+            after = self.run.step_now.state.get(record_key(self.run.position))
+            if not isinstance(after, dict) or after.get("name") != f"tool:{name}":
+                return False, await self.unknown(tool, arguments, key)
         return False, await self.run.step(_call_tool, tool, arguments, key, self.timeout, name=f"tool:{name}")
 
     async def approval(self, tool: Tool, arguments: dict[str, Any]) -> dict[str, Any] | None:
