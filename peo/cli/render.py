@@ -142,9 +142,37 @@ def short_outcome(action: str, o: Mapping[str, Any], limit: int = 100) -> str:
         names = [str(s.get("name")) for s in o["signals"] if isinstance(s, Mapping)]
         parts.append("signals " + ",".join(names))
     if "state" in o:
-        parts.append("state " + compact(o["state"], 30))
+        ops = [_operation(k, v) for k, v in o["state"].items() if str(k)[3:].isdigit() and str(k).startswith("fn.")] \
+            if isinstance(o["state"], Mapping) else []
+        ops = [op for op in ops if op]
+        parts.append("; ".join(ops) if ops else "state " + compact(o["state"], 30))
     if action == "terminate" and o.get("result") is not None:
         parts.append("result " + compact(o["result"], 30))
     if isinstance(o.get("latency"), int):
         parts.append(f"{o['latency'] / 1e6:.1f} ms")
     return clean("; ".join(parts), limit)
+
+
+def _operation(key: str, record: Any) -> str:
+    """A durable function's recorded operation in brief (an agent's model and tool calls)."""
+    if not isinstance(record, Mapping):
+        return ""
+    op, name, result = record.get("op"), record.get("name"), record.get("result")
+    if op == "step" and name == "model" and isinstance(result, Mapping):
+        calls = [f"{c.get('name')}({compact_args(c.get('arguments'))})" for c in result.get("tool_calls") or ()
+                 if isinstance(c, Mapping)]
+        usage = result.get("usage") if isinstance(result.get("usage"), Mapping) else {}
+        said = ", ".join(calls) if calls else compact(result.get("content"), 30)
+        return f"model -> {said} ({usage.get('prompt', 0)}+{usage.get('completion', 0)} tokens)"
+    if op == "step":
+        shown = compact(result, 30) if "error" not in record else f"failed: {compact(record['error'], 30)}"
+        return f"{key} {name} -> {shown}"
+    if op == "signal":
+        return f"{key} wait for {name}"
+    return f"{key} {op}" + (f" {name}" if name else "")
+
+
+def compact_args(raw: Any) -> str:
+    """A tool call's arguments (the model's JSON text) in brief."""
+    return clean(str(raw), 40)
+

@@ -269,6 +269,16 @@ class Run:
             raise self._raise(failure_of(label, outcome["error"]))
         return result
 
+    async def llm(self, model: Any, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None,
+                  name: str = "model") -> dict[str, Any]:
+        """Ask ``model`` (a :class:`peo.Model`) once, as a recorded step: re-runs return the
+        recorded response (``content``, ``tool_calls``, ``usage``, ``digest``, ...) and never
+        ask the model again (``peo[llm]``; docs/agents.md, "Calling the model yourself")."""
+        from ..agents.model import complete  # not at import: the agent layer is optional
+
+        result: dict[str, Any] = await self.step(complete, model, messages, tools or [], name=name)
+        return result
+
     async def sleep(self, seconds: float = 0.0, *, minutes: float = 0.0, hours: float = 0.0,
                     days: float = 0.0) -> None:
         """Sleep durably: the object goes dormant and no node holds it until the time passes."""

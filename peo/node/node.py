@@ -16,6 +16,7 @@ import asyncio
 import concurrent.futures
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -186,6 +187,9 @@ class Node:
                     if sampler is not None:
                         sampler.cancel()
         finally:
+            agents = sys.modules.get("peo.agents.model")  # the agent layer's model clients, if it ran
+            if agents is not None:
+                await agents.close_clients()
             if self._owns_store:
                 await self.store.aclose()
 
