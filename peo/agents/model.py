@@ -186,8 +186,7 @@ async def complete(model: Model, messages: Sequence[Mapping[str, Any]],
     started = time.perf_counter_ns()
     client = _client(model, _key(model))
     try:
-        response = await client.chat.completions.create(model=model.name, messages=list(messages),  # type: ignore[arg-type]
-                                                        **options)
+        response = await client.chat.completions.create(model=model.name, messages=list(messages), **options)
     except openai.OpenAIError as exc:
         raise _error(exc, model) from None
     except (json.JSONDecodeError, ValueError) as exc:

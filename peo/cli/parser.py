@@ -69,6 +69,7 @@ VERBS: tuple[tuple[str, str], ...] = (
     ("archive", "export"),
     ("archive", "import"),
     ("keys", "keys"),
+    ("mcp", "mcp"),
     ("demo", "demo"),
 )
 

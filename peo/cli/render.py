@@ -161,7 +161,8 @@ def _operation(key: str, record: Any) -> str:
     if op == "step" and name == "model" and isinstance(result, Mapping):
         calls = [f"{c.get('name')}({compact_args(c.get('arguments'))})" for c in result.get("tool_calls") or ()
                  if isinstance(c, Mapping)]
-        usage = result.get("usage") if isinstance(result.get("usage"), Mapping) else {}
+        raw = result.get("usage")
+        usage: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
         said = ", ".join(calls) if calls else compact(result.get("content"), 30)
         return f"model -> {said} ({usage.get('prompt', 0)}+{usage.get('completion', 0)} tokens)"
     if op == "step":
