@@ -64,6 +64,14 @@ def test_the_healing_tour_runs_as_written(tmp_path: Path) -> None:
     assert "every worker exited 0" in result.stderr and "post-mortem of" in result.stdout
 
 
+@pytest.mark.timeout(240)
+def test_the_agents_tour_runs_as_written(tmp_path: Path) -> None:
+    result = run_sh(SH_BLOCKS[4], tmp_path, timeout=200)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "every chain verified" in result.stdout and "approve" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize(("block", "printed"), [
     (0, "{'pages': ['bees/a', 'bees/b'], 'approved': True}"),  # the function form, first
     (1, "{'n': 10}"),  # the handler form
