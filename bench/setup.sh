@@ -20,9 +20,10 @@ quiet "$venv/bin/python" -m pip install --quiet \
     "dbos==$DBOS_VERSION" \
     "langgraph==$LANGGRAPH_VERSION" \
     "langgraph-checkpoint-sqlite==$LG_SQLITE_VERSION" \
+    "langchain-openai==${LANGCHAIN_OPENAI_VERSION:-1.8.1}" \
     psutil
 "$venv/bin/python" - <<'PY'
 from importlib.metadata import version
-for name in ("dbos", "langgraph", "langgraph-checkpoint-sqlite", "langgraph-checkpoint"):
+for name in ("dbos", "langgraph", "langgraph-checkpoint-sqlite", "langgraph-checkpoint", "langchain-openai"):
     print(f"{name}=={version(name)}")
 PY
