@@ -124,13 +124,16 @@ class App:
 
     def agent(self, name: str, *, model: Any, instructions: str = "", tools: Sequence[Any] = (),
               timeout: float | None = None, tool_timeout: float = 300.0, retry: Retry | None = None,
-              memory: str | int | None = None) -> None:
+              memory: str | int | None = None, memory_tokens: int | None = 16000, keep_turns: int = 4) -> None:
         """Register an agent ``name``: a durable function that asks ``model`` (a
         :class:`peo.Model`) what to do next, one recorded step per model call and per tool
-        call, under the node's policy (docs/agents.md). ``tools`` are functions registered
+        call, under the node's policy (docs/agents.md). ``memory_tokens`` is the budget of
+        its episodic buffer (the conversation it sends, estimated tokens; None: unbounded)
+        and ``keep_turns`` how many recent turns consolidation keeps. ``tools`` are functions registered
         with :meth:`tool` (or plain typed functions), :class:`~peo.agents.Tool` values, or
         MCP servers (``peo.mcp.stdio(...)``, ``peo.mcp.http(...)``)."""
         from .agents.loop import agent_function
+        from .agents.mcp_tools import MCPServer
         from .agents.tools import Tool, tool_from_function
 
         resolved: list[Any] = []
@@ -139,13 +142,14 @@ class App:
                 resolved.append(item)
             elif id(item) in self._tool_of:
                 resolved.append(self._tool_of[id(item)])
-            elif getattr(item, "is_mcp_server", False):
-                resolved.append(item)
+            elif isinstance(item, MCPServer):
+                resolved.append(item)  # its tools are listed when an agent first runs (recorded)
             elif callable(item):
                 resolved.append(tool_from_function(item))
             else:
                 raise UsageError(f"agent {name!r}: {item!r} is not a tool (a function, a peo Tool, an MCP server)")
-        fn = agent_function(model, instructions, resolved, tool_timeout=tool_timeout)
+        fn = agent_function(model, instructions, resolved, tool_timeout=tool_timeout, memory_tokens=memory_tokens,
+                            keep_turns=keep_turns)
         fn.__name__ = fn.__qualname__ = f"agent_{name}"
         self.function(name, version=f"agent:{model.name}", timeout=timeout, retry=retry, memory=memory)(fn)
 

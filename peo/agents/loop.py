@@ -28,6 +28,8 @@ from ..core.policy import Policy
 from ..errors import ChildFailed, PeoError, UsageError
 from ..functions import Run
 from ..functions.records import record_key
+from .episodic import Buffer, apply_consolidation, needs_consolidation, split_point
+from .memory import MEMORY_TOOLS, consolidate, memory_tool, with_reserve
 from .model import Model, complete
 from .tools import Tool, ToolArgumentsError, call_digest
 
@@ -59,6 +61,7 @@ CONTROL_TOOLS: dict[str, dict[str, Any]] = {
                   "parameters": {"type": "object", "properties": {"capability": {"type": "string"},
                                                                  "reason": {"type": "string"}},
                                  "required": ["capability"]}},
+    **MEMORY_TOOLS,  # recall, remember, forget: the identity's long-term facts (peo.agents.memory)
 }
 
 
@@ -123,8 +126,10 @@ def _judge(payload: Any, digest: str, call: str) -> tuple[str, str]:
 class _Agent:
     """One run of the loop (re-created on each cycle; everything it knows comes from ``run``)."""
 
-    def __init__(self, run: Run, model: Model, instructions: str, tools: Sequence[Tool], timeout: float):
+    def __init__(self, run: Run, model: Model, instructions: str, tools: Sequence[Tool], timeout: float,
+                 buffer: Buffer | None = None):
         self.run, self.model, self.timeout = run, model, timeout
+        self.buffer = buffer  # the episodic buffer's budget (None: the conversation grows unbounded)
         step = run.step_now
         policy = step.policy if isinstance(step.policy, Policy) else Policy()
         self.policy = policy
@@ -145,6 +150,24 @@ class _Agent:
     async def loop(self) -> Any:
         run = self.run
         while True:
+            buffer = self.buffer
+            upto = split_point(self.messages, buffer.keep_turns, buffer.memory_tokens) \
+                if buffer is not None and needs_consolidation(self.messages, buffer.memory_tokens) else None
+            if buffer is not None and upto is not None:  # consolidate before the buffer can overflow
+                if not run.recorded_next():  # its own check, with its reserve (peo.agents.memory.with_reserve)
+                    problem = self.rules.budget_problem(with_reserve(Usage(
+                        self.used.model_calls, self.used.tokens, self.used.cost,
+                        (time.time_ns() - self.created_ns) / 1e9, self.used.children), buffer))
+                    if problem:
+                        raise AgentError("budget", problem)
+                step = run.step_now
+                done = await run.step(consolidate, self.model, list(self.messages), upto, buffer.memory_tokens,
+                                      step.store, step.context.identity, run.object_id, step.seq, name="consolidate")
+                prompt, completion = int(done["usage"].get("prompt", 0)), int(done["usage"].get("completion", 0))
+                self.used = Usage(self.used.model_calls + 1, self.used.tokens + prompt + completion,
+                                  self.used.cost + self.policy.agents.cost(self.model.name, prompt, completion),
+                                  0.0, self.used.children)
+                self.messages = apply_consolidation(self.messages, str(done["summary"]), int(done["upto"]))
             if not run.recorded_next():  # a new call: the budget first (never re-checked on replay)
                 used = Usage(self.used.model_calls, self.used.tokens, self.used.cost,
                              (time.time_ns() - self.created_ns) / 1e9, self.used.children)
@@ -252,6 +275,10 @@ class _Agent:
 
     async def control(self, name: str, arguments: dict[str, Any]) -> tuple[bool, Any]:
         run = self.run
+        if name in MEMORY_TOOLS:  # recall, remember, forget: recorded steps over the identity's facts
+            step = run.step_now
+            return False, await run.step(memory_tool, name, arguments, step.store, step.context.identity,
+                                         run.object_id, step.seq, name=name)
         if name == "finish":
             return True, arguments.get("result")
         if name == "ask_human":
@@ -297,19 +324,38 @@ def _task(goal: Mapping[str, Any]) -> str:
     return json.dumps(dict(goal), ensure_ascii=False, sort_keys=True, default=str)
 
 
-def agent_function(model: Model, instructions: str, tools: Sequence[Tool], *, tool_timeout: float = 300.0) -> Any:
+def agent_function(model: Model, instructions: str, tools: Sequence[Any], *, tool_timeout: float = 300.0,
+                   memory_tokens: int | None = 16000, keep_turns: int = 4) -> Any:
     """The durable function of an agent (``@app.agent`` registers it)."""
     if not isinstance(model, Model):
         raise UsageError("an agent needs model=peo.Model('name', base_url=..., api_key_env=...)")
     if not isinstance(instructions, str):
         raise UsageError("an agent's instructions must be a string")
-    names = [t.name for t in tools]
+    try:  # now, at load: importing it takes a second or more, which would stall a node's loop mid-step
+        import openai.resources.chat.completions  # noqa: F401  (the client loads it lazily, on the first call)
+    except ImportError:
+        raise UsageError("agents need the llm extra (the openai package): pip install 'peo[llm]'") from None
+    names = [t.name for t in tools if isinstance(t, Tool)]
     clash = sorted({n for n in names if n in CONTROL_TOOLS} | {n for n in names if names.count(n) > 1})
     if clash:
         raise UsageError(f"tool name(s) {', '.join(clash)} clash with another tool or a control tool "
                          f"({', '.join(CONTROL_TOOLS)})")
 
+    buffer = Buffer(memory_tokens, keep_turns) if memory_tokens is not None else None
+
+    local = [t for t in tools if isinstance(t, Tool)]
+    servers = [t for t in tools if not isinstance(t, Tool)]  # MCP servers (peo.mcp)
+
     async def agent(run: Run, **goal: Any) -> Any:
-        return await _Agent(run, model, instructions, tools, tool_timeout).loop()
+        found = list(local)
+        for server in servers:  # listed once, recorded: a replay does not connect to list them again
+            specs = await run.step(server.list_tools, name=f"mcp:{server.name}")
+            found += [server.tool_from_spec(spec) for spec in specs]
+        clashing = sorted({t.name for t in found if t.name in CONTROL_TOOLS}
+                          | {t.name for t in found if [u.name for u in found].count(t.name) > 1})
+        if clashing:
+            raise AgentError("tool_clash", f"tool name(s) {', '.join(clashing)} offered twice (an MCP server's "
+                                           "tool clashes with another tool or a control tool)")
+        return await _Agent(run, model, instructions, found, tool_timeout, buffer).loop()
 
     return agent

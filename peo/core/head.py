@@ -30,6 +30,7 @@ class Head:
     waiting_for: Wake | None = None  # dormant objects only
     result: Any = None  # terminated objects only
     reason: str | None = None  # why it terminated; why a node shed it (``shed: memory``)
+    deleted: bool = False  # an operator's tombstone is its last word (peo rm); the rest is as before it
 
     @property
     def wait_signal(self) -> str | None:
@@ -46,6 +47,11 @@ class Head:
 
 def head_of(fold: Fold, *, now: int) -> Head:
     """The head after the last entry folded into ``fold``; a runnable object is due ``now``."""
+    head = _head(fold, now)
+    return attrs.evolve(head, deleted=True) if fold.deleted else head
+
+
+def _head(fold: Fold, now: int) -> Head:
     status = fold.status
     if status is Status.RUNNABLE:
         return Head(status, now)

@@ -74,8 +74,17 @@ def make_entry(
     )
 
 
-def instantiation_outcome(object_id: str, intent: Intent, context: Context) -> dict[str, Any]:
-    return {"object_id": object_id, "intent": unstructure(intent), "context": unstructure(context)}
+def instantiation_outcome(object_id: str, intent: Intent, context: Context, *, state: dict[str, Any] | None = None,
+                          fork: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Entry 0's outcome. A fork's also records its origin (``fork``: the parent's ``object``
+    id, the ``seq`` it was forked at and that entry's ``hash``, hex) and the ``state`` it
+    starts from (the parent's at that seq); both are left out of any other entry 0."""
+    out = {"object_id": object_id, "intent": unstructure(intent), "context": unstructure(context)}
+    if fork is not None:
+        out["fork"] = fork
+    if state:
+        out["state"] = state
+    return out
 
 
 @attrs.frozen
@@ -196,7 +205,9 @@ class Fold:
         "class_streak",
         "consecutive_failures",
         "context",
+        "deleted",
         "failures",
+        "fork",
         "hash",
         "intent",
         "known_good_seq",
@@ -225,14 +236,18 @@ class Fold:
         self.seq = first.seq
         self.hash = first.hash
         self.status = Status.RUNNABLE
-        self.state: dict[str, Any] = {}
+        self.state: dict[str, Any] = dict(outcome.get("state") or {})  # a fork starts from its parent's
+        # Where a fork came from ({object, seq, hash}), and whether an operator deleted the
+        # object (a tombstone entry; an undelete entry clears it, the rest of the head unchanged).
+        self.fork: dict[str, Any] | None = outcome.get("fork")
+        self.deleted = False
         # The state's size: measured per key (_state_sizes, summed in _state_total) except
         # for the keys updated since the last measurement (_unmeasured); _state_bound is at
         # least the size, unmeasured keys included.
         self._state_sizes: dict[str, int] = {}
         self._state_total = 0
-        self._unmeasured: set[str] = set()
-        self._state_bound = 0
+        self._unmeasured: set[str] = set(self.state)
+        self._state_bound = len(first.body) if self.state else 0
         self.signal_nonces: set[str] = set()
         self.result: Any = None
         self.reason: str | None = None
@@ -321,8 +336,12 @@ class Fold:
         out = entry.outcome
         self.seq = entry.seq
         self.hash = entry.hash
+        if "tombstone" in out or "undelete" in out:  # an operator's delete or undelete: nothing else changes
+            self.deleted = "tombstone" in out
+            return
         reset = out.get("reset")
         if reset is not None:  # a restore: the whole state as it was at an earlier seq
+            self.result = self.reason = None  # a terminated object restored runs again
             self.state = dict(reset)
             self._state_sizes, self._state_total = {}, 0
             self._unmeasured = set(self.state)

@@ -357,6 +357,9 @@ class Step:
     # The policy of the node running the step (a peo.Policy; None in rigs that give none):
     # what an agent's loop reads its tool allow-lists, approvals and budgets from.
     policy: Any = attrs.field(default=None, repr=False, eq=False)
+    # The store of the node running the step (a peo.store.Store; None in rigs that give
+    # none): where an agent's loop keeps and recalls its identity's long-term facts.
+    store: Any = attrs.field(default=None, repr=False, eq=False)
 
     @property
     def goal(self) -> dict[str, Any]:

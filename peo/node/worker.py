@@ -256,6 +256,7 @@ class Worker:
             cannot_do=frozenset(fold.cannot_do),
             first_seq=fold.attempt_seq,
             policy=node.policy,
+            store=node.store,
         )
         timeout = handler.timeout or node.policy.handler_timeout
         started = time.perf_counter_ns()

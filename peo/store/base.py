@@ -22,6 +22,7 @@ import attrs
 
 from ..core.head import Head
 from ..core.model import Entry, Signal, Status
+from .facts import Fact
 
 __all__ = [
     "ALERT_LEASE_NS",
@@ -449,9 +450,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def seize(self, object_id: str, owner: str, *, now: int, lease_ns: int,
-                    force: bool = False) -> Claim | None:
+                    force: bool = False, final: bool = False) -> Claim | None:
         """Lease one live object for ``owner`` whether or not it is due (an operator writing
-        an entry no node will write, e.g. a cancel). None if it is final, or leased by
+        an entry no node will write, e.g. a cancel; with ``final``, also a terminated or
+        quarantined one, e.g. to restore it). None if it is final (and not ``final``), or leased by
         someone else and not ``force`` (a lease a dead node left behind). Atomic like a claim,
         and it records and judges claims without progress as a claim does (a live lease
         taken with ``force`` is not judged: it had not lapsed)."""
@@ -509,3 +511,31 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def alerts(self, object_id: str) -> builtins.list[AlertRow]:
         """Every alert row of an object, oldest first (then by incident and sink)."""
+
+    # -- agents' long-term facts (peo.store.facts) ------------------------------------------
+
+    @abc.abstractmethod
+    async def put_fact(self, identity: str, key: str, value: str, *, object_id: str | None = None,
+                       seq: int | None = None, now: int) -> int:
+        """Make ``value`` the latest version of fact ``key`` of ``identity`` and return its
+        version: a new version (one transaction) unless the latest already holds ``value``,
+        so writing the same fact again (a retried step) changes nothing."""
+
+    @abc.abstractmethod
+    async def forget_fact(self, identity: str, key: str, *, object_id: str | None = None,
+                          seq: int | None = None, now: int) -> int | None:
+        """Write a tombstone as the next version of ``key`` and return it; None (nothing
+        written) if the key has no live version."""
+
+    @abc.abstractmethod
+    async def facts(self, identity: str) -> builtins.list[Fact]:
+        """The latest version of each live fact of ``identity`` (tombstoned keys left out), by key."""
+
+    @abc.abstractmethod
+    async def fact_history(self, identity: str, key: str) -> builtins.list[Fact]:
+        """Every version of one key, tombstones included, oldest first."""
+
+    @abc.abstractmethod
+    async def recall(self, identity: str, query: str, *, limit: int = 5) -> builtins.list[Fact]:
+        """At most ``limit`` live facts of ``identity`` matching any plain word of ``query``
+        (full-text search, best first): never a syntax error, whatever the query holds."""

@@ -13,7 +13,7 @@ from collections.abc import Collection, Sequence
 from typing import Any, ClassVar
 
 from .base import Claim, NodeRow
-from .sql import CLAIM_COLUMNS, LIVE, claim_of
+from .sql import CLAIM_COLUMNS, FINAL, LIVE, claim_of
 from .sqlreads import Reads
 from .stalls import claim_set
 
@@ -87,14 +87,15 @@ class FleetQueries:
             return True
         return any(serves(kind, handlers, scopes) for kind in await self.leased_kinds(now=now))
 
-    async def seize(self, object_id: str, owner: str, *, now: int, lease_ns: int, force: bool = False) -> Claim | None:
+    async def seize(self, object_id: str, owner: str, *, now: int, lease_ns: int, force: bool = False,
+                    final: bool = False) -> Claim | None:
         p = self.reads.param
         token = secrets.randbits(62)
         # The claim's SET judges the previous claim if its lease lapsed (see Store.claim).
         rows = await self._write_rows(
             f"UPDATE objects SET lease_owner = {p(1)}, lease_token = {p(2)}, lease_until = {p(3)},"
             f" {claim_set(self.reads.push_stalled, p(5))}"
-            f" WHERE id = {p(4)} AND status IN ({LIVE})"
+            f" WHERE id = {p(4)} AND status IN ({LIVE}{', ' + FINAL if final else ''})"
             f" AND (lease_until IS NULL OR lease_until < {p(5)} OR {p(6)}) RETURNING {CLAIM_COLUMNS}",
             (owner, token, now + lease_ns, object_id, now, force),
         )

@@ -282,3 +282,15 @@ def test_call_digests_cover_the_tool_and_its_canonical_arguments() -> None:
     assert d("send", {"a": 1, "b": [1, 2]}) == d("send", {"b": [1, 2], "a": 1})
     assert d("send", {"a": 1}) != d("send", {"a": 2}) != d("post", {"a": 2})
     assert json.loads(peo.agents.canonical_arguments({"b": 1, "a": "é"})) == {"a": "é", "b": 1}
+
+
+async def test_an_answer_that_is_not_json_is_a_recorded_malformed_failure_and_the_call_is_made_again(
+        sqlite_url: str, server: FakeLLMServer) -> None:
+    server.add(Reply.malformed("<html>502 Bad Gateway</html>"), Reply.tool_call("finish", {"result": "ok"}))
+    async with peo.Client(sqlite_url) as client:
+        oid = await client.submit("researcher", {"task": "x"}, retry=peo.Retry(base=0.001, max=0.002))
+        await run_idle(sqlite_url, research_app(server, []))
+        assert await client.wait(oid, timeout=5) == "ok"
+        info = await client.get(oid)
+    [failed] = [e.outcome["error"] for e in info.memory if e.outcome.get("status") == "failed"]
+    assert failed["class"] == "malformed" and "not a chat completion" in failed["message"]

@@ -24,7 +24,7 @@ def _examples() -> dict[str, tuple[str, str]]:
     for i, (lang, text) in enumerate(BLOCKS):
         if lang != "python" or "asyncio.run(main())" not in text:
             continue
-        [name, *_] = re.findall(r'app\.agent\(\s*"([^"]+)"', text)
+        [name, *_] = re.findall(r'app\.(?:agent\(\s*|function\()"([^"]+)"', text)
         after = GUIDE.split(text, 1)[1]
         assert after.lstrip("`\n").startswith("It prints:"), f"example {name!r}: no 'It prints:' after it"
         lang_out, printed = BLOCKS[i + 1]
@@ -37,7 +37,7 @@ EXAMPLES = _examples()
 
 
 def test_the_guide_has_the_examples_it_promises() -> None:
-    assert {"researcher", "mailer"} <= set(EXAMPLES)
+    assert set(EXAMPLES) == {"researcher", "mailer", "onboard"}
 
 
 def test_every_python_fragment_is_valid_python() -> None:

@@ -38,11 +38,13 @@ def table_sql(path: str, name: str) -> str:
 def downgrade_to_version_2(path: str) -> None:
     """Rewrite a store into exactly the layout migrations 1 and 2 produced (entries keyed by
     (object_id, seq) WITHOUT ROWID, a status index, no claim index, no nodes table, no labels
-    column, no seals, refused signals or roots, no stall counts or alerts), keeping its rows."""
+    column, no seals, refused signals or roots, no stall counts or alerts, no facts), keeping its rows."""
     with sqlite3.connect(path, isolation_level=None) as db:
         db.executescript(
             """
             BEGIN;
+            DROP TABLE facts_fts;
+            DROP TABLE facts;
             CREATE TABLE entries_v2 (
                 object_id TEXT NOT NULL, seq INTEGER NOT NULL, body BLOB NOT NULL, sig BLOB NOT NULL,
                 hash BLOB NOT NULL, PRIMARY KEY (object_id, seq)

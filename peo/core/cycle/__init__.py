@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from .conclude import conclude
 from .decision import ALLOWED, RUN_HANDLER, Child, Consume, Decision, Effect, Release, Spawn, check_allowed
-from .plan import plan, restore, shed
+from .plan import plan, restore, shed, tombstone, undelete
 from .proposals import PROPOSALS, Rule
 
 __all__ = [
@@ -62,4 +62,6 @@ __all__ = [
     "plan",
     "restore",
     "shed",
+    "tombstone",
+    "undelete",
 ]

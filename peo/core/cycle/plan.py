@@ -12,7 +12,7 @@ from ..policy import Policy
 from ..wake import Trigger, Wake, trigger
 from .decision import RUN_HANDLER, Consume, Decision, Release, _RunHandler, check_allowed, signals_out
 
-__all__ = ["plan", "reentry", "restore", "shed", "terminate"]
+__all__ = ["plan", "reentry", "restore", "shed", "terminate", "tombstone", "undelete"]
 
 
 def terminate(reason: str, *, consumed: Sequence[Signal] = (), **extra: Any) -> Decision:
@@ -49,6 +49,18 @@ def restore(seq: int, state: dict[str, Any], *, reason: str, by: str) -> Decisio
     The history before it stays; the object is runnable after it."""
     outcome = {"status": "ok", "new": {}, "restore": {"seq": seq, "reason": reason, "by": by}, "reset": state}
     return Decision(Action.MUTATE, outcome, Status.RUNNABLE)
+
+
+def tombstone(reason: str, *, by: str) -> Decision:
+    """Delete the object (an operator's signed tombstone): no node claims it and signals to
+    it are refused until an :func:`undelete`; its head is otherwise unchanged."""
+    return Decision(Action.MUTATE, {"status": "ok", "new": {}, "tombstone": {"reason": reason, "by": by}},
+                    Status.RUNNABLE)
+
+
+def undelete(*, by: str) -> Decision:
+    """Bring a deleted object back exactly as it was before its tombstone."""
+    return Decision(Action.MUTATE, {"status": "ok", "new": {}, "undelete": {"by": by}}, Status.RUNNABLE)
 
 
 def plan(

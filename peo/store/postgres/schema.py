@@ -114,6 +114,24 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE {s}.nodes ADD COLUMN notes TEXT;
     """,
+    # 7: agents' long-term facts (issue 15; see the SQLite store's 10): full-text search on
+    # a generated tsvector (the english configuration) with a GIN index.
+    """
+    CREATE TABLE {s}.facts (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        identity TEXT NOT NULL,
+        key TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        value TEXT NOT NULL,
+        deleted BOOLEAN NOT NULL DEFAULT false,
+        object_id TEXT,
+        seq BIGINT,
+        created_at BIGINT NOT NULL,
+        tsv tsvector GENERATED ALWAYS AS (to_tsvector('english'::regconfig, key || ' ' || value)) STORED,
+        UNIQUE (identity, key, version)
+    );
+    CREATE INDEX facts_tsv ON {s}.facts USING GIN (tsv);
+    """,
 ]
 
 

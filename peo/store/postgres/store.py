@@ -21,6 +21,7 @@ from ...errors import NotFoundError, StoreError
 from .. import sql
 from ..alerts import AlertQueries
 from ..base import AppendItem, Claim, NewObject, SignalRefusalLike
+from ..facts import FactQueries
 from ..fleet import FleetQueries
 from ..sqlreads import SQLStore
 from ..stalls import PROGRESS
@@ -47,12 +48,13 @@ from .statements import (
 __all__ = ["PostgresStore"]
 
 
-class PostgresStore(Notifications, FleetQueries, AlertQueries, SQLStore):
+class PostgresStore(Notifications, FleetQueries, AlertQueries, FactQueries, SQLStore):
     """The shared store: many nodes on many machines, one schema of one database."""
 
     reads = READS
     notifies = True  # wait_for_work() returns when work becomes due or an object ends
     skip_locked = " FOR UPDATE SKIP LOCKED"  # due_alerts: concurrent nodes take disjoint rows
+    text_search = "postgres"  # recall: PostgreSQL's text search, not FTS5
 
     async def _write_rows(self, statement: str, args: Sequence[Any]) -> list[Any]:
         async def body(conn: Conn) -> list[Any]:

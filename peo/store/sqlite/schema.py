@@ -151,7 +151,48 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE nodes ADD COLUMN notes TEXT;
     """,
+    # 10: agents' long-term facts (issue 15): versioned keys per identity, a tombstone being
+    # a version (see peo.store.facts). Rows are only inserted; FTS5 indexes the live ones
+    # (external content: the text is stored once, in facts), kept in sync by triggers.
+    """
+    CREATE TABLE facts (
+        id INTEGER PRIMARY KEY,
+        identity TEXT NOT NULL,
+        key TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        value TEXT NOT NULL,
+        deleted INTEGER NOT NULL DEFAULT 0,
+        object_id TEXT,
+        seq INTEGER,
+        created_at INTEGER NOT NULL,
+        UNIQUE (identity, key, version)
+    );
+    CREATE VIRTUAL TABLE facts_fts USING fts5(key, value, content='facts', content_rowid='id',
+                                              tokenize='porter unicode61');
+    CREATE TRIGGER facts_fts_insert AFTER INSERT ON facts WHEN NOT new.deleted BEGIN
+        INSERT INTO facts_fts (rowid, key, value) VALUES (new.id, new.key, new.value);
+    END;
+    CREATE TRIGGER facts_fts_delete AFTER DELETE ON facts WHEN NOT old.deleted BEGIN
+        INSERT INTO facts_fts (facts_fts, rowid, key, value) VALUES ('delete', old.id, old.key, old.value);
+    END;
+    """,
 ]
+
+
+def statements(script: str) -> list[str]:
+    """The SQL statements of a migration: split at semicolons, except those inside a
+    statement (a trigger's body), which SQLite's own parser tells apart."""
+    out: list[str] = []
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \t\n;"):
+                out.append(pending)
+            pending = ""
+    if pending.strip(" \t\n;"):
+        out.append(pending)
+    return out
 
 
 def setup(conn: sqlite3.Connection, *, durability: str, busy_timeout_ms: int, where: str = "this file",
@@ -183,9 +224,8 @@ def setup(conn: sqlite3.Connection, *, durability: str, busy_timeout_ms: int, wh
         row = conn.execute("SELECT max(version) FROM peo_schema").fetchone()
         current = row[0] if row and row[0] is not None else 0
         for number in migrations_to_run(current, MIGRATIONS):
-            for statement in MIGRATIONS[number].split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            for statement in statements(MIGRATIONS[number]):
+                conn.execute(statement)
             conn.execute("INSERT INTO peo_schema (version) VALUES (?)", (number + 1,))
         conn.execute("COMMIT")
     except BaseException:

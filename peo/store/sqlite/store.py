@@ -18,6 +18,7 @@ from ...core.model import CANCEL_SIGNAL, Entry
 from .. import sql, stalls
 from ..alerts import AlertQueries
 from ..base import AppendItem, Claim, NewObject, SignalRefusalLike
+from ..facts import FactQueries
 from ..fleet import FleetQueries
 from ..sqlreads import SQLStore
 from .connection import Connections
@@ -52,7 +53,7 @@ _CLAIM_SET = stalls.claim_set(READS.push_stalled, "?5")
 _MAY_TAKE = stalls.may_take(lambda name: "?5" if name == "now" else "?6")
 
 
-class SQLiteStore(Connections, FleetQueries, AlertQueries, SQLStore):
+class SQLiteStore(Connections, FleetQueries, AlertQueries, FactQueries, SQLStore):
     """The embedded store: one database file, shared by the processes that open it."""
 
     reads = READS
