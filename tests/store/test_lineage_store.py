@@ -88,6 +88,10 @@ async def test_an_append_that_would_take_a_tree_past_its_bound_writes_nothing(st
 #: What each store's migrations before issue 19 leave out (in the order to undo them):
 #: the later migrations' first (issue 15's facts, issue 14's), then issue 19's.
 _UNDO = (
+    "DROP INDEX {s}objects_deleted",
+    "DROP INDEX {s}objects_forked_from",
+    "ALTER TABLE {s}objects DROP COLUMN forked_from",
+    "ALTER TABLE {s}objects DROP COLUMN deleted_at",
     "DROP TABLE IF EXISTS {s}facts_fts",  # SQLite's (its triggers go with the facts table)
     "DROP TABLE {s}facts",
     "ALTER TABLE {s}nodes DROP COLUMN notes",

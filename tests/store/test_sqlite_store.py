@@ -38,11 +38,15 @@ def table_sql(path: str, name: str) -> str:
 def downgrade_to_version_2(path: str) -> None:
     """Rewrite a store into exactly the layout migrations 1 and 2 produced (entries keyed by
     (object_id, seq) WITHOUT ROWID, a status index, no claim index, no nodes table, no labels
-    column, no seals, refused signals or roots, no stall counts or alerts, no facts), keeping its rows."""
+    column, no seals, refused signals or roots, no stall counts or alerts, no facts, no deletion or fork columns), keeping its rows."""
     with sqlite3.connect(path, isolation_level=None) as db:
         db.executescript(
             """
             BEGIN;
+            DROP INDEX objects_deleted;
+            DROP INDEX objects_forked_from;
+            ALTER TABLE objects DROP COLUMN forked_from;
+            ALTER TABLE objects DROP COLUMN deleted_at;
             DROP TABLE facts_fts;
             DROP TABLE facts;
             CREATE TABLE entries_v2 (

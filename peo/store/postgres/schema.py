@@ -132,6 +132,13 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX facts_tsv ON {s}.facts USING GIN (tsv);
     """,
+    # 8: versioned state (issue 16; see the SQLite store's 11).
+    """
+    ALTER TABLE {s}.objects ADD COLUMN deleted_at BIGINT;
+    ALTER TABLE {s}.objects ADD COLUMN forked_from TEXT;
+    CREATE INDEX objects_forked_from ON {s}.objects (forked_from) WHERE forked_from IS NOT NULL;
+    CREATE INDEX objects_deleted ON {s}.objects (deleted_at) WHERE deleted_at IS NOT NULL;
+    """,
 ]
 
 

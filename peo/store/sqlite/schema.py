@@ -176,6 +176,14 @@ MIGRATIONS: list[str] = [
         INSERT INTO facts_fts (facts_fts, rowid, key, value) VALUES ('delete', old.id, old.key, old.value);
     END;
     """,
+    # 11: versioned state (issue 16): when an operator's tombstone deleted the object (NULL:
+    # not deleted; its head is otherwise as before), and the object a fork was forked from.
+    """
+    ALTER TABLE objects ADD COLUMN deleted_at INTEGER;
+    ALTER TABLE objects ADD COLUMN forked_from TEXT;
+    CREATE INDEX objects_forked_from ON objects (forked_from) WHERE forked_from IS NOT NULL;
+    CREATE INDEX objects_deleted ON objects (deleted_at) WHERE deleted_at IS NOT NULL;
+    """,
 ]
 
 
