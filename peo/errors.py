@@ -12,6 +12,7 @@
     ├── InternalError             a bug in peo itself: an invariant it checks did not hold
     ├── ObjectFailedError         wait(): the object ended without a result (failed, cancelled...)
     ├── ObjectTerminatedError     a signal to an object that has terminated (it can never be read)
+    ├── ObjectDeletedError        a signal to an object an operator deleted (peo rm; peo undelete)
     ├── SignalTimeout             a durable function's run.wait_signal() timed out
     ├── StepTimeout (TimeoutError) one attempt of a durable function's run.step(timeout=) ran too long
     ├── StepFailed                a durable function's run.step(retry=) failed its last attempt
@@ -42,6 +43,7 @@ __all__ = [
     "InternalError",
     "LeaseLostError",
     "NotFoundError",
+    "ObjectDeletedError",
     "ObjectExistsError",
     "ObjectFailedError",
     "ObjectTerminatedError",
@@ -267,3 +269,23 @@ class ObjectTerminatedError(PeoError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (ObjectTerminatedError, (self.object_id, self.reason))
+
+
+class ObjectDeletedError(PeoError):
+    """A signal was sent to an object an operator deleted (``peo rm``): no node claims it,
+    so nothing was written. ``deleted_at`` is when (ns). An operation failure (CLI exit 1);
+    ``peo undelete`` brings the object back."""
+
+    def __init__(self, object_id: str, deleted_at: int | None = None):
+        when = ""
+        if deleted_at is not None:
+            import datetime
+
+            stamp = datetime.datetime.fromtimestamp(deleted_at / 1e9, datetime.UTC)
+            when = f" at {stamp.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+        super().__init__(f"object {object_id} is deleted (peo rm{when}): peo undelete {object_id} to send it signals")
+        self.object_id = object_id
+        self.deleted_at = deleted_at
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (ObjectDeletedError, (self.object_id, self.deleted_at))

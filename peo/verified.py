@@ -35,7 +35,8 @@ import attrs
 
 from .core.codec import decode_body, packb
 from .core.crypto import Keyring
-from .core.model import Context, Intent, Status
+from .core.memory import verify_chain
+from .core.model import Context, Entry, Intent, Status
 from .core.signed import SignedHead, signed_head
 from .errors import CodecError, IntegrityError
 from .store import ObjectRow, Store
@@ -149,10 +150,28 @@ async def signed_head_of(store: Store, row: ObjectRow, keyring: Keyring) -> Sign
         return head
     head = signed_head(row.id, await store.head_entries(row.id, row.seq), seq=row.seq, head=row.head,
                        keyring=keyring)
+    if _deletion(head.last):
+        head = await _before_deletion(store, row, head, keyring)
     cache[key] = head
     if len(cache) > CACHE_SIZE:
         cache.popitem(last=False)
     return head
+
+
+def _deletion(entry: Entry) -> bool:
+    """An operator's tombstone (peo rm) or undelete: it changes nothing else of the head."""
+    return "tombstone" in entry.outcome or "undelete" in entry.outcome
+
+
+async def _before_deletion(store: Store, row: ObjectRow, head: SignedHead, keyring: Keyring) -> SignedHead:
+    """``head`` with, as its last entry, the last one before the tombstones and undeletes
+    that end the chain: that entry says the object's status, result and reason. The whole
+    chain is verified to link the two (a deletion's head is read rarely, and cached)."""
+    _, memory = verify_chain(row.id, await store.entries(row.id), keyring)
+    if not memory or memory[-1].seq != row.seq or memory[-1].hash != row.head:
+        raise IntegrityError("the stored head does not match the memory", object_id=row.id, seq=row.seq)
+    last = next(e for e in reversed(memory) if e.seq == 0 or not _deletion(e))
+    return attrs.evolve(head, last=last)
 
 
 def _unknown_signer(rows: Mapping[int, tuple[bytes, bytes]], keyring: Keyring) -> str | None:

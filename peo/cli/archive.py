@@ -31,20 +31,23 @@ async def cmd_verify(args: argparse.Namespace) -> int:
         if not ids:
             print("no objects to verify")
             return 0
-        ok = failed = 0
+        counts: dict[str | None, int] = {"ok": 0, "unverifiable": 0, None: 0}
         for n, oid in enumerate(ids, 1):
-            if await _verify_one(client, oid):
-                ok += 1
-            else:
-                failed += 1
+            counts[await _verify_one(client, oid)] += 1
             if len(ids) > PROGRESS_EVERY and n % PROGRESS_EVERY == 0:
                 print(f"peo verify: {n}/{len(ids)} objects checked", file=sys.stderr, flush=True)
-    print(f"verified {len(ids)} object(s): {ok} ok, {failed} failed")
+    failed, unverifiable = counts[None], counts["unverifiable"]
+    # A fork whose parent is not in this store: its own chain verified, its origin could
+    # not be checked. Not a failure, but not "ok" either.
+    extra = f", {unverifiable} with an unverifiable fork origin" if unverifiable else ""
+    print(f"verified {len(ids)} object(s): {counts['ok']} ok, {failed} failed{extra}")
     return 1 if failed else 0
 
 
-async def _verify_one(client: Client, oid: str) -> bool:
-    """Verify one object's chain and print its OK or FAIL line."""
+async def _verify_one(client: Client, oid: str) -> str | None:
+    """Verify one object's chain and print its OK or FAIL line; returns "ok" (a fork's
+    origin checked too), "unverifiable" (a fork whose parent is not in this store: its own
+    chain verified) or None (failed)."""
     try:
         count = await client.verify(oid)
     except NotFoundError:
@@ -55,9 +58,13 @@ async def _verify_one(client: Client, oid: str) -> bool:
     except CodecError as exc:
         print(f"FAIL  {clean(oid)}  {clean(exc)}")
     else:
-        print(f"OK    {clean(oid)}  {count} {plural(count, 'entry')}")
-        return True
-    return False
+        what = f"{clean(oid)}  {count} {plural(count, 'entry')}"
+        if count.origin == "unverifiable":  # peo.client.forks.Origin, a StrEnum
+            print(f"OK    {what}; origin UNVERIFIABLE: {clean(count.note or '')}")
+            return "unverifiable"
+        print(f"OK    {what}" + (f"; {clean(count.note)}" if count.note else ""))
+        return "ok"
+    return None
 
 
 async def cmd_export(args: argparse.Namespace) -> int:
@@ -114,8 +121,11 @@ async def cmd_import(args: argparse.Namespace) -> int:
 def _verify_parser(sub: Subparsers) -> None:
     sp = add_verb(sub, "verify", "verify signed memory chains",
                   "Verify each object's memory: every signature by a trusted key (local keys and the policy's), "
-                  "hash links, contiguous seq, entry 0 bound to the id, and the stored head. Prints OK or FAIL "
-                  "(with the first bad seq) per object and a summary; exit 1 if any fails.",
+                  "hash links, contiguous seq, entry 0 bound to the id, and the stored head; for a fork (peo fork), "
+                  "also its origin: the parent's chain up to the seq it was forked at, that entry's hash and the "
+                  "state the fork started from. A fork whose parent is not in this store has an UNVERIFIABLE "
+                  "origin: its own chain is checked, it is not counted as failed. Prints OK or FAIL (with the "
+                  "first bad seq) per object and a summary; exit 1 if any fails.",
                   ["peo verify", f"peo verify {EXAMPLE_ID} {EXAMPLE_ID[:-1]}d",
                    "peo verify --policy policies/strict.toml"],
                   cmd_verify)

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..core.model import Status
+from ..core.model import Action, Status
 from ..errors import IntegrityError
 from ..functions import PROGRESS_KEY, progress_of
 from .parser import EXAMPLE_ID, add_verb, fail, labels, open_client, positive_int, text_arg
@@ -30,7 +30,7 @@ async def cmd_ls(args: argparse.Namespace) -> int:
         fail("--label gives one key two values: an object has one value per key, so none would match")
     async with open_client(args, create=False) as client:
         rows = await client.list(status=args.status, limit=args.limit, handler=args.handler, parent=args.parent,
-                                 after=args.after, labels=label_map or None)
+                                 after=args.after, labels=label_map or None, deleted=args.deleted)
     if args.json:
         doc = [
             {"id": r.id, "status": r.status, "handler": r.handler, "seq": r.seq, "priority": r.priority,
@@ -45,7 +45,8 @@ async def cmd_ls(args: argparse.Namespace) -> int:
         filters = [f"{k} {clean(v)}" for k, v in (("status", args.status), ("handler", args.handler),
                                                     ("parent", args.parent)) if v]
         filters += [f"label {clean(k)}={clean(v)}" for k, v in sorted(label_map.items())]
-        print("no objects" + (f" with {' and '.join(filters)}" if filters else ""))
+        print(("no deleted objects" if args.deleted else "no objects")
+              + (f" with {' and '.join(filters)}" if filters else ""))
         return 0
     table(
         ("ID", "STATUS", "HANDLER", "SEQ", "PRIORITY", "REASON"),
@@ -57,7 +58,9 @@ async def cmd_ls(args: argparse.Namespace) -> int:
 
 def _reason(r: ObjectSummary) -> str:
     """The REASON column: why it ended, for a dormant object what wakes it (and that a node
-    shed it), and for a live object no node serves, that."""
+    shed it), and for a live object no node serves, that; for a deleted one, when it was deleted."""
+    if r.deleted_at is not None:
+        return f"deleted {when(r.deleted_at)}"
     if r.unserved and r.status is not Status.DORMANT:
         return "no node serves this handler"
     if r.status is not Status.DORMANT:
@@ -84,15 +87,50 @@ async def cmd_show(args: argparse.Namespace) -> int:
             return 1
         refused = await client.store.refused(args.id, limit=5)
         row = await client.store.get(args.id)  # claims without progress are the store's count
+        forks = await client.store.forks(args.id)
     if args.json:
         doc = _show_doc(info)
         doc["stalls"], doc["stalled_on"] = row.stalls, list(row.stalled_on)
+        doc["deleted_at"] = None if row.deleted_at is None else iso(row.deleted_at)
+        doc["lineage"] = _lineage_doc(info, forks)
         doc["refused_signals"] = [{"id": r.id, "name": r.name, "reason": r.reason, "sender": r.sender,
                                    "refused_at": iso(r.refused_at)} for r in refused]
         print(dumps(doc))
     else:
-        _show_text(info, refused, row.stalls, row.stalled_on)
+        if row.deleted_at is not None:  # an operator's tombstone is its last word (peo rm)
+            print(f"{'deleted':<9} at {when(row.deleted_at)}: peo undelete {clean(args.id)} brings it back as it was")
+        _show_text(info, refused, row.stalls, row.stalled_on, lineage=_lineage_lines(info, forks))
     return 0
+
+
+#: ``peo show`` names at most this many forks (then counts the rest).
+FORKS_SHOWN = 5
+
+
+def _lineage_doc(info: ObjectInfo, forks: Sequence[str]) -> dict[str, Any]:
+    """``peo show --json``'s lineage: the parent and children (delegation, from the signed
+    memory), the fork origin entry 0 records, and the forks the store lists."""
+    first = info.memory[0].outcome if info.memory and info.memory[0].seq == 0 else {}
+    origin = first.get("fork")
+    children = [c.get("id") for e in info.memory if e.action is Action.DELEGATE
+                for c in e.outcome.get("children", ()) if isinstance(c, Mapping)]
+    return {"parent": info.context.parent, "children": children,
+            "forked_from": dict(origin) if isinstance(origin, Mapping) else None, "forks": list(forks)}
+
+
+def _lineage_lines(info: ObjectInfo, forks: Sequence[str]) -> list[tuple[str, str]]:
+    """The lineage lines of ``peo show``: where a fork came from, children, forks."""
+    doc = _lineage_doc(info, forks)
+    lines = []
+    origin = doc["forked_from"]
+    if origin is not None:
+        lines.append(("forked", f"from {origin.get('object')} at seq {origin.get('seq')}"))
+    if doc["children"]:
+        lines.append(("children", f"{len(doc['children'])} (peo ls --parent {info.id})"))
+    if forks:
+        more = f" and {len(forks) - FORKS_SHOWN} more" if len(forks) > FORKS_SHOWN else ""
+        lines.append(("forks", ", ".join(forks[:FORKS_SHOWN]) + more))
+    return lines
 
 
 def _show_doc(info: ObjectInfo) -> dict[str, Any]:
@@ -174,8 +212,9 @@ def _show_error(err: dict[str, Any]) -> None:
 
 
 def _show_text(info: ObjectInfo, refused: Sequence[RefusedSignal] = (), stalls: int = 0,
-               stalled_on: Sequence[str] = ()) -> None:
+               stalled_on: Sequence[str] = (), lineage: Sequence[tuple[str, str]] = ()) -> None:
     head = _show_head(info)
+    head.extend(lineage)
     if stalls:  # self-healing: claims that ended with its node dead or hung (docs/operations.md)
         where = f" (on {', '.join(stalled_on)})" if stalled_on else ""
         head.append(("stalls", f"{stalls} {plural(stalls, 'claim')} in a row ended without progress{where}"))
@@ -217,6 +256,8 @@ def _ls_parser(sub: Subparsers) -> None:
     sp.add_argument("--handler", metavar="NAME", type=text_arg("handler"), help="only objects asking for this handler")
     sp.add_argument("--parent", metavar="ID", type=text_arg("parent id"),
                     help="only the children of this object (those it delegated to)")
+    sp.add_argument("--deleted", action="store_true",
+                    help="only the deleted objects (peo rm), which are otherwise left out; REASON says when")
     sp.add_argument("--label", action="append", metavar="KEY=VALUE", type=text_arg("label"),
                     help="only objects with this label (repeatable: all must match; a child carries its parent's "
                     "labels; objects created before the store was upgraded to list by label carry none)")
@@ -240,7 +281,9 @@ def _show_parser(sub: Subparsers) -> None:
                     "{seq,class,message,retryable,traceback} or null; progress is what a durable function last gave "
                     "run.progress (state[\"fn.progress\"]) or null; refused_signals are the latest signals the "
                     "node would not deliver (at most 5); stalls counts its claims in a row that ended without "
-                    "progress, stalled_on the nodes they were on; bytes appear as hex strings")
+                    "progress, stalled_on the nodes they were on; lineage is {parent,children,forked_from,forks} "
+                    "(forked_from: {object,seq,hash} for a fork made by peo fork, else null); bytes appear as hex "
+                    "strings")
     sp.add_argument("--policy", metavar="FILE", help="policy whose trusted keys to use")
 
 

@@ -18,6 +18,7 @@ from ..core.signals import verify_recorded
 from ..errors import CodecError, IntegrityError, NotFoundError
 from ..store import NewObject, Store
 from ..verified import row_differences
+from .forks import Verification, check_origin
 
 __all__ = ["EXPORT_FORMAT", "EXPORT_VERSION", "export", "import_", "verify"]
 
@@ -30,12 +31,14 @@ EXPORT_VERSION = 2
 _EXPORT_LIMITS = Limits(max_bytes=256 << 20, depth=4, items=3_000_000)
 
 
-async def verify(store: Store, keyring: Keyring, object_id: str) -> int:
+async def verify(store: Store, keyring: Keyring, object_id: str) -> Verification:
     """Verify the object's whole chain and hold its stored row to it; returns the entry
     count. Raises IntegrityError naming the first bad seq, or what the row says that the
     chain does not (seq and head hash; handler, scope, identity, priority and parent from
     entry 0; status, result and reason from the chain's end; a quarantined row's status
-    and reason are its own)."""
+    and reason are its own). A fork's origin is checked against its parent last
+    (:func:`.forks.check_origin`): the count comes back as a :class:`.forks.Verification`
+    whose ``origin`` says whether it could be (``unverifiable``: the parent is not here)."""
     rows = await store.entries(object_id)
     row = await store.get(object_id)
     tip, entries = verify_chain(object_id, rows, keyring)
@@ -63,7 +66,8 @@ async def verify(store: Store, keyring: Keyring, object_id: str) -> int:
     if row.result != head.result_bytes() or (row.status is Status.TERMINATED and row.reason != head.reason):
         raise IntegrityError("the head's cached result or reason differs from the memory",
                              object_id=object_id, seq=tip.seq)
-    return len(entries)
+    origin = await check_origin(store, keyring, object_id, entries[0])
+    return Verification(len(entries), origin.origin, origin.note)
 
 
 async def export(store: Store, object_id: str, key: SigningKey) -> bytes:
@@ -180,6 +184,14 @@ async def import_(store: Store, keyring: Keyring, data: bytes) -> str:
     await _check_lineage(store, keyring, oid, ctx.parent, ctx.trust_scope)
     now = time.time_ns()
     obj = NewObject(oid, fold.intent.handler, ctx.trust_scope, ctx.identity, ctx.priority, ctx.parent, entries[0], now,
-                    labels=ctx.labels, root=ctx.root)
+                    labels=ctx.labels, root=ctx.root, forked_from=_forked_from(fold))
     await store.import_object(obj, entries[1:], head_of(fold, now=now), now=now)
     return oid
+
+
+def _forked_from(fold: Fold) -> str | None:
+    """The parent an imported fork names in entry 0 (its lineage survives the move; its
+    origin is checked by verify, and is unverifiable while that parent is elsewhere)."""
+    origin = fold.fork
+    parent = origin.get("object") if isinstance(origin, dict) else None
+    return parent if isinstance(parent, str) else None

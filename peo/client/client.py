@@ -7,6 +7,8 @@ given), so the instantiation is as verifiable as every later step.
 
 from __future__ import annotations
 
+import builtins
+import datetime
 import hashlib
 import os
 import time
@@ -37,9 +39,12 @@ from ..errors import CodecError, ConflictError, ObjectExistsError, PolicyError, 
 from ..ids import new_id
 from ..keys import guard_new_key, keyring_for, load_key
 from ..store import NewObject, Store, open_store
+from ..store.retention import PurgeReport
 from ..verified import row_differences
 from . import archive, operator, reads
+from .forks import Verification
 from .operator import CancelOutcome
+from .versions import Version
 
 __all__ = ["Client", "check_object_id", "intent_differences"]
 
@@ -357,13 +362,14 @@ class Client:
 
     async def list(self, *, status: str | None = None, limit: int | None = None, parent: str | None = None,
                    handler: str | None = None, after: str | None = None,
-                   labels: Mapping[str, str] | None = None) -> list[ObjectSummary]:
+                   labels: Mapping[str, str] | None = None, deleted: bool = False) -> list[ObjectSummary]:
         """Objects ordered by id (oldest first); ``status`` may be "running". ``labels`` keeps
         only the objects carrying every one of these labels (as submitted, or inherited by a
         child; an object created before its store's upgrade to label listing matches none).
-        Page through many with ``limit`` and ``after`` (the last id of the previous page)."""
+        Page through many with ``limit`` and ``after`` (the last id of the previous page).
+        Deleted objects (``rm``) are left out; ``deleted=True`` lists only them."""
         return await reads.list_objects(self.store, status=status, limit=limit, parent=parent, handler=handler,
-                                        after=after, labels=labels)
+                                        after=after, labels=labels, deleted=deleted)
 
     async def wait(self, object_id: str, timeout: float | None = None, *, poll: float | None = None) -> Any:
         """Wait until the object terminates; return its result. On PostgreSQL the object's end
@@ -380,9 +386,11 @@ class Client:
 
     # -- verifying, export and import (see .archive) ---------------------------------------
 
-    async def verify(self, object_id: str) -> int:
+    async def verify(self, object_id: str) -> Verification:
         """Verify the object's whole chain with this client's keyring; returns the entry
-        count. Raises IntegrityError naming the first bad seq."""
+        count. Raises IntegrityError naming the first bad seq. For a fork, its origin is
+        checked against its parent too: the count's ``origin`` is ``Origin.OK``, or
+        ``Origin.UNVERIFIABLE`` when the parent is not in this store (not a failure)."""
         return await archive.verify(self.store, self.keyring, object_id)
 
     async def export(self, object_id: str) -> bytes:
@@ -394,6 +402,64 @@ class Client:
         """Verify an exported object against this client's keyring, then store it.
         A tampered or untrusted file is refused with IntegrityError; nothing is written."""
         return await archive.import_(self.store, self.keyring, data)
+
+    async def fork(self, object_id: str, *, seq: int | None = None, goal: Mapping[str, Any] | None = None) -> str:
+        """A new object that starts from ``object_id``'s state at ``seq`` (default: its head),
+        with its intent as of that seq (``goal`` replaces the goal); returns the new id. Its
+        entry 0, signed with this client's key, records the origin (parent id, seq, entry
+        hash), which :meth:`verify` checks. The parent's chain must verify; see
+        :func:`peo.client.forks.fork` for the errors."""
+        from . import forks
+
+        return await forks.fork(self, object_id, seq=seq, goal=goal)
+
+    async def history(self, object_id: str) -> builtins.list[Version]:
+        """The object's versions, one per entry, oldest first: seq, time, action, writer,
+        signer and a digest of the working state after it. The whole chain is verified with
+        this client's keyring first (IntegrityError naming the first bad seq if it fails);
+        see :func:`peo.client.versions.history`."""
+        from . import versions
+
+        return await versions.history(self, object_id)
+
+    async def restore(self, object_id: str, *, seq: int | None = None, at: int | datetime.datetime | None = None,
+                      reason: str | None = None, force: bool = False, now: int | None = None) -> int:
+        """Set the object's working state back to its state at ``seq`` or at time ``at``
+        (ns since the epoch, or a datetime; naive means UTC) with an entry signed by this
+        client's key; returns the seq restored to. The history before it is untouched (a
+        restore is undone by restoring to the seq before it) and the object runs again,
+        even if it had terminated or was quarantined. See
+        :func:`peo.client.versions.restore` for the refusals (UsageError, nothing written)."""
+        from . import versions
+
+        return await versions.restore(self, object_id, seq=seq, at=at, reason=reason, force=force, now=now)
+
+    async def rm(self, object_id: str, *, reason: str | None = None, force: bool = False) -> int:
+        """Delete the object: an entry signed with this client's key (a tombstone) after
+        which it is left out of listings, no node claims it and signals to it are refused;
+        nothing else of it changes and no data is destroyed (see :meth:`undelete`,
+        :meth:`purge`). Returns the entry's seq. UsageError if a node holds it (``force``
+        takes over a lease a dead node left) or it is deleted already."""
+        from . import deletion
+
+        return await deletion.rm(self, object_id, reason=reason, force=force)
+
+    async def undelete(self, object_id: str, *, force: bool = False) -> int:
+        """Bring a deleted object back exactly as it was (status, wait, due time, result),
+        by an entry signed with this client's key; returns its seq. UsageError if it is
+        not deleted."""
+        from . import deletion
+
+        return await deletion.undelete_object(self, object_id, force=force)
+
+    async def purge(self, *, deleted_before: int, dry_run: bool = True) -> PurgeReport:
+        """Destroy every row of the objects deleted before ``deleted_before`` (ns since the
+        epoch), except those a remaining object depends on (its parent, root or fork
+        origin). With ``dry_run`` (the default) nothing is written; the report says what
+        would be dropped and what kept, and why."""
+        from . import deletion
+
+        return await deletion.purge(self, deleted_before=deleted_before, dry_run=dry_run)
 
     async def resume(self, object_id: str) -> ObjectInfo:
         """Put a quarantined object back in play once its chain verifies with this client's

@@ -37,22 +37,23 @@ def summary(row: ObjectRow, now: int) -> ObjectSummary:
         id=row.id, status=row.status_at(now), handler=row.handler, seq=row.seq, priority=row.priority,
         scope=row.scope, identity=row.identity, parent=row.parent, reason=row.reason, waiting_for=row.wait_signal,
         waits_for_children=row.wait_children, due_at=row.due_at, lease_owner=row.lease_owner,
-        created_at=row.created_at, updated_at=row.updated_at,
+        created_at=row.created_at, updated_at=row.updated_at, deleted_at=row.deleted_at,
     )
 
 
 async def list_objects(store: Store, *, status: str | None = None, limit: int | None = None,
                        parent: str | None = None, handler: str | None = None,
-                       after: str | None = None, labels: Mapping[str, str] | None = None) -> list[ObjectSummary]:
+                       after: str | None = None, labels: Mapping[str, str] | None = None,
+                       deleted: bool = False) -> list[ObjectSummary]:
     """Objects ordered by id (oldest first), filtered by status, parent, handler and/or
-    labels (every one must match)."""
+    labels (every one must match); deleted objects are left out, or with ``deleted`` the only ones."""
     if status is not None and status not in {s.value for s in Status}:
         raise UsageError(f"unknown status {status!r}: use one of {', '.join(s.value for s in Status)}")
     if labels is not None and not isinstance(labels, Mapping):
         raise UsageError("labels must be a mapping of label keys to values, like {\"team\": \"ops\"}")
     now = time.time_ns()
     rows = await store.list(status=status, limit=limit, parent=parent, now=now, handler=handler, after=after,
-                            labels=labels)
+                            labels=labels, deleted=deleted)
     out = [summary(r, now) for r in rows]
     if any(r.status in LIVE_STATUSES or r.status is Status.RUNNING for r in out):
         served = await store.served_handlers(since=now - SERVED_WINDOW_NS)

@@ -397,6 +397,7 @@ class ObjectSummary:
     created_at: int = 0
     updated_at: int = 0
     unserved: bool = False  # live, and no node seen lately serves its handler: nothing will run it
+    deleted_at: int | None = None  # ns since the epoch an operator deleted it (peo rm); None: not deleted
 
 
 @attrs.frozen

@@ -184,6 +184,14 @@ class Worker:
         if loaded is None:
             return
         memory, fold = loaded
+        if fold.deleted:
+            # An operator deleted it (peo rm): its row is never due, so only a row that
+            # disagrees (edited, or imported without its deletion) gets here. Let go without
+            # acting, and not due at once (the store keeps a row marked deleted never due).
+            log.info("object_deleted id=%s", oid)
+            await node.store.release(oid, held.token, due_at=node.clock() + 10 * node.lease_ns, now=node.clock())
+            held.released = True
+            return
         serving.fold = fold
         refusal = node.policy.accepts(fold.intent, fold.context, signer=memory[0].signer)
         if refusal is not None:

@@ -23,6 +23,7 @@ import attrs
 from ..core.head import Head
 from ..core.model import Entry, Signal, Status
 from .facts import Fact
+from .retention import PurgeReport
 
 __all__ = [
     "ALERT_LEASE_NS",
@@ -77,6 +78,9 @@ class NewObject:
     # The id of its top-level ancestor (entry 0's Context.root); None for a top-level object.
     # Store.count_descendants counts the objects that name one root.
     root: str | None = None
+    # The object a fork was made from (entry 0's "fork" origin); None for any other object.
+    # Store.forks lists the forks of one object.
+    forked_from: str | None = None
 
 
 @attrs.frozen
@@ -109,6 +113,9 @@ class ObjectRow:
     # were on, newest first (at most 8).
     stalls: int = 0
     stalled_on: tuple[str, ...] = ()
+    # When an operator's tombstone deleted it (ns; the first deletion while it stays
+    # deleted), None if it is not deleted: the rest of the row is its head as before.
+    deleted_at: int | None = None
 
     def status_at(self, now: int) -> Status:
         """The status as of ``now``: a runnable object with a live lease is RUNNING."""
@@ -387,6 +394,11 @@ class Store(abc.ABC):
         none (they count as top-level), so their descendants are not counted."""
 
     @abc.abstractmethod
+    async def forks(self, object_id: str) -> builtins.list[str]:
+        """The ids of the objects forked from ``object_id`` (their ``forked_from``), oldest
+        first (by creation time, then id): one indexed read."""
+
+    @abc.abstractmethod
     async def get(self, object_id: str) -> ObjectRow:
         """The head of one object; NotFoundError if there is none."""
 
@@ -394,7 +406,7 @@ class Store(abc.ABC):
     async def list(self, *, status: Status | str | None = None, limit: int | None = None,
                    parent: str | None = None, now: int | None = None,
                    handler: str | None = None, after: str | None = None,
-                   labels: Mapping[str, str] | None = None) -> list[ObjectRow]:
+                   labels: Mapping[str, str] | None = None, deleted: bool = False) -> list[ObjectRow]:
         """Heads ordered by id, of one ``status``, one ``parent`` and/or one ``handler`` if given,
         carrying every one of ``labels`` (key and value exactly; objects created before the store
         recorded labels in the head match none), with ids after ``after`` (paging: pass the
@@ -402,7 +414,8 @@ class Store(abc.ABC):
         characters or holds control characters is a UsageError.
 
         ``status`` may be "running" (runnable with a lease live at ``now``): it needs
-        ``now``, else UsageError (a store never reads the clock)."""
+        ``now``, else UsageError (a store never reads the clock). Deleted objects (an
+        operator's tombstone, ``deleted_at``) are left out; with ``deleted``, only they are listed."""
 
     @abc.abstractmethod
     async def busy(self, *, now: int, handlers: Collection[str] | None = None,
@@ -481,6 +494,17 @@ class Store(abc.ABC):
         first claim would find it past the node's ``max_recoveries`` once more. Returns
         False, changing nothing, if the object is not quarantined (another operator resumed
         it first); NotFoundError for an unknown id."""
+
+    # -- retention (peo.store.retention) -------------------------------------------------------
+
+    @abc.abstractmethod
+    async def purge(self, *, deleted_before: int, dry_run: bool = True) -> PurgeReport:
+        """Destroy the objects deleted (``deleted_at``) before ``deleted_before`` (ns): their
+        rows in every table that holds an object's data (head, entries, inbox, refused
+        signals, alerts), in one transaction. An object another object still depends on
+        (its ``parent``, its ``root``, the ``forked_from`` of a fork) is kept unless that
+        object goes too, and the report says why. Nothing of an object that is not deleted
+        is ever destroyed. With ``dry_run`` nothing is written: the report says what would go."""
 
     # -- alert deliveries ---------------------------------------------------------------------
 

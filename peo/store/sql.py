@@ -20,7 +20,15 @@ from ..core.codec import check_name, packb, unpackb
 from ..core.head import Head
 from ..core.model import CANCEL_SIGNAL, Entry, Signal, Status
 from ..core.wake import child_end_wakes, due_case, final_statuses_sql, live_statuses_sql, signal_wakes
-from ..errors import CodecError, InboxFullError, NotFoundError, ObjectTerminatedError, StoreError, UsageError
+from ..errors import (
+    CodecError,
+    InboxFullError,
+    NotFoundError,
+    ObjectDeletedError,
+    ObjectTerminatedError,
+    StoreError,
+    UsageError,
+)
 from .base import (
     REFUSALS_KEPT,
     STORED_STATUSES,
@@ -40,6 +48,7 @@ __all__ = [
     "COUNT_DESCENDANTS",
     "DROP_LEASE",
     "FINAL",
+    "FORKS",
     "LIVE",
     "PARENT_WAKES",
     "Param",
@@ -87,7 +96,8 @@ Placeholder = Callable[[int, str], str]
 #: The head's columns in the order :func:`object_row` reads them.
 COLUMNS = (
     "id, handler, scope, identity, priority, status, seq, head, due_at, lease_owner, lease_until,"
-    " parent, result, reason, wait_signal, wait_children, inbox, created_at, updated_at, root, stalls, stalled_on"
+    " parent, result, reason, wait_signal, wait_children, inbox, created_at, updated_at, root, stalls, stalled_on,"
+    " deleted_at"
 )
 #: What a claim (and a seize) returns of the row it leases, after its id and token, in the
 #: order :func:`claim_of` reads them: columns of the row being updated, so free to return.
@@ -139,14 +149,14 @@ def _template(*params: str) -> Callable[[Callable[[Param], str]], Template]:
     return make
 
 
-@_template("id", "handler", "scope", "identity", "priority", "hash", "due", "parent", "labels", "root")
+@_template("id", "handler", "scope", "identity", "priority", "hash", "due", "parent", "labels", "root", "forked_from")
 def insert_object(p: Param) -> str:
     """A new object's head: runnable at seq 0, due at ``due`` (values: :func:`object_values`)."""
     return (
         "INSERT INTO objects (id, handler, scope, identity, priority, status, seq, head, due_at, parent,"
-        f" created_at, updated_at, labels, root) VALUES ({p('id')}, {p('handler')}, {p('scope')}, {p('identity')},"
-        f" {p('priority')}, '{Status.RUNNABLE}', 0, {p('hash')}, {p('due')}, {p('parent')}, {p('due')}, {p('due')},"
-        f" {p('labels')}, {p('root')})"
+        f" created_at, updated_at, labels, root, forked_from) VALUES ({p('id')}, {p('handler')}, {p('scope')},"
+        f" {p('identity')}, {p('priority')}, '{Status.RUNNABLE}', 0, {p('hash')}, {p('due')}, {p('parent')},"
+        f" {p('due')}, {p('due')}, {p('labels')}, {p('root')}, {p('forked_from')})"
     )
 
 
@@ -160,21 +170,25 @@ def insert_entry(p: Param) -> str:
 
 
 @_template("id", "seq", "prev_seq", "hash", "status", "due", "wait_signal", "wait_children", "result", "reason",
-           "consumed", "now", "release", "token")
+           "consumed", "now", "release", "token", "deleted")
 def append_head(p: Param) -> str:
     """The head update of one append, a compare-and-swap on (seq, lease token). A dormant
     head is due now if a wake rule already holds (a signal or a child's end committed
-    before the wait began is never slept through), else at its time trigger. Returns the
-    inbox count and the due time it wrote (values: :func:`append_values`)."""
+    before the wait began is never slept through), else at its time trigger. A deleted
+    head (an operator's tombstone) is never due and keeps the time of its first deletion;
+    an undelete clears it and the due time is the head's again. Returns the inbox count and
+    the due time it wrote (values: :func:`append_values`)."""
     due = due_case(id=p("id"), status=p("status"), signal=p("wait_signal"), children=p("wait_children"),
                    now=p("now"), due=p("due"))
+    due = f"CASE WHEN {p('deleted')} THEN NULL ELSE {due} END"
+    deleted_at = f"CASE WHEN {p('deleted')} THEN coalesce(deleted_at, {p('now')}) ELSE NULL END"
     lease = ", ".join(f"{c} = CASE WHEN {p('release')} THEN NULL ELSE {c} END"
                       for c in ("lease_owner", "lease_token", "lease_until"))
     return (
         f"UPDATE objects SET seq = {p('seq')}, head = {p('hash')}, status = {p('status')}, due_at = {due},"
         f" wait_signal = {p('wait_signal')}, wait_children = {p('wait_children')},"
-        f" result = coalesce({p('result')}, result), reason = {p('reason')},"
-        f" inbox = inbox - {p('consumed')}, updated_at = {p('now')}, {lease}, {PROGRESS}"
+        f" result = {p('result')}, reason = {p('reason')},"
+        f" inbox = inbox - {p('consumed')}, updated_at = {p('now')}, {lease}, {PROGRESS}, deleted_at = {deleted_at}"
         f" WHERE id = {p('id')} AND seq = {p('prev_seq')} AND lease_token = {p('token')}"
         " RETURNING inbox, due_at"
     )
@@ -183,9 +197,11 @@ def append_head(p: Param) -> str:
 @_template("id", "token", "due", "now")
 def release(p: Param) -> str:
     """Drop a lease without appending: a runnable object becomes due at ``due`` (if given),
-    a dormant one at ``due`` unless a wake rule already holds (then now)."""
+    a dormant one at ``due`` unless a wake rule already holds (then now). A deleted object
+    stays never due (an operator's lease on it let go without writing)."""
     due = due_case(id=p("id"), status="status", signal="objects.wait_signal", children="wait_children",
                    now=p("now"), due=p("due"), runnable=f"coalesce({p('due')}, due_at)", final="due_at")
+    due = f"CASE WHEN deleted_at IS NOT NULL THEN NULL ELSE {due} END"
     return f"UPDATE objects SET due_at = {due}, {DROP_LEASE} WHERE id = {p('id')} AND lease_token = {p('token')}"
 
 
@@ -209,8 +225,9 @@ def quarantine(p: Param) -> str:
 
 @_template("parent", "now")
 def wake_parent(p: Param) -> str:
-    """A child has ended (or was quarantined): its parent, if it waits for children, is due."""
-    return f"UPDATE objects SET due_at = {p('now')} WHERE id = {p('parent')} AND {PARENT_WAKES}"
+    """A child has ended (or was quarantined): its parent, if it waits for children (and is
+    not deleted: an undelete makes it due as its head says), is due."""
+    return f"UPDATE objects SET due_at = {p('now')} WHERE id = {p('parent')} AND {PARENT_WAKES} AND deleted_at IS NULL"
 
 
 @_template("id", "seq", "hash", "status", "due", "wait_signal", "wait_children", "result", "reason", "now")
@@ -228,7 +245,7 @@ def import_head(p: Param) -> str:
 
 def object_values(o: NewObject) -> tuple[Any, ...]:
     return (o.id, o.handler, o.scope, o.identity, o.priority, o.entry.hash, o.due_at, o.parent, labels_text(o.labels),
-            o.root)
+            o.root, o.forked_from)
 
 
 # The objects table's ``labels`` column: one line per label, "KEY<tab>VALUE", sorted, with a
@@ -261,7 +278,7 @@ def append_values(item: AppendItem, now: int) -> tuple[Any, ...]:
     result = packb(h.result) if h.status is Status.TERMINATED else None
     return (item.object_id, e.seq, e.seq - 1, e.hash, h.status.value, h.due_at,
             None if w is None else w.signal, w is not None and w.children, result, h.reason, len(item.consumed),
-            now, item.release, item.token)
+            now, item.release, item.token, h.deleted)
 
 
 def import_values(obj: NewObject, last: Entry, head: Head, now: int) -> tuple[Any, ...]:
@@ -281,6 +298,8 @@ def is_due(due_at: int | None, now: int) -> bool:
 
 #: How many objects name one root (the descendants of a top-level object).
 COUNT_DESCENDANTS = "SELECT count(*) FROM objects WHERE root = {}"
+#: The ids forked from one object ({}: its placeholder), oldest first (objects_forked_from).
+FORKS = "SELECT id FROM objects WHERE forked_from = {} ORDER BY created_at, id"
 
 
 def descendants_root(item: AppendItem) -> str | None:
@@ -291,11 +310,14 @@ def descendants_root(item: AppendItem) -> str | None:
 
 
 def check_signal_target(object_id: str, row: Sequence[Any] | None) -> None:
-    """Inside a signal's transaction, with the object's (status, reason, inbox) row (None:
-    no such object): raise unless a signal to it may still be read. A quarantined object
-    keeps its signals (it may be resumed); a terminated one never reads them."""
+    """Inside a signal's transaction, with the object's (status, reason, inbox, deleted_at)
+    row (None: no such object): raise unless a signal to it may still be read. A quarantined
+    object keeps its signals (it may be resumed); a terminated one never reads them, nor
+    does a deleted one (until an undelete: the sender is told so)."""
     if row is None:
         raise NotFoundError(f"no object {object_id}")
+    if len(row) > 3 and row[3] is not None:
+        raise ObjectDeletedError(object_id, int(row[3]))
     if row[0] == Status.TERMINATED.value:
         raise ObjectTerminatedError(object_id, row[1])
 
@@ -308,7 +330,7 @@ def check_inbox_room(object_id: str, row: Sequence[Any], max_inbox: int | None) 
 
 
 #: A signal's target: its (status, reason, inbox count), read in the signal's transaction.
-SIGNAL_TARGET = "SELECT status, reason, inbox FROM objects WHERE id = {}"
+SIGNAL_TARGET = "SELECT status, reason, inbox, deleted_at FROM objects WHERE id = {}"
 #: An earlier cancel still in the inbox (a second cancel adds nothing: see Store.signal).
 PENDING_CANCEL = f"SELECT id FROM inbox WHERE object_id = {{}} AND name = '{CANCEL_SIGNAL}' ORDER BY id LIMIT 1"
 
@@ -395,18 +417,19 @@ def object_row(r: Sequence[Any]) -> ObjectRow:
         head=blob(r[7]) or b"", due_at=r[8], lease_owner=r[9], lease_until=r[10], parent=r[11],
         result=blob(r[12]), reason=r[13], wait_signal=r[14],
         wait_children=bool(r[15]), inbox=r[16], created_at=r[17], updated_at=r[18], root=r[19],
-        stalls=int(r[20] or 0), stalled_on=stalled_nodes(r[21]),
+        stalls=int(r[20] or 0), stalled_on=stalled_nodes(r[21]), deleted_at=r[22],
     )
 
 
 def list_query(param: Callable[[int], str], *, status: Status | str | None, limit: int | None,
                parent: str | None, now: int | None, handler: str | None = None,
                after: str | None = None, labels: Mapping[str, str] | None = None,
-               contains: Callable[[str, str], str] | None = None) -> tuple[str, list[Any]]:
+               contains: Callable[[str, str], str] | None = None, deleted: bool = False) -> tuple[str, list[Any]]:
     """The query of :meth:`Store.list` and its arguments; ``param(n)`` is the placeholder
     of the n-th argument (from 1), ``contains(text, part)`` the dialect's test that the SQL
-    expression ``text`` holds ``part`` (exactly, case and all: needed for ``labels``)."""
-    where: list[str] = []
+    expression ``text`` holds ``part`` (exactly, case and all: needed for ``labels``).
+    Deleted objects (an operator's tombstone) are left out, or with ``deleted`` the only ones."""
+    where: list[str] = ["deleted_at IS NOT NULL" if deleted else "deleted_at IS NULL"]
     args: list[Any] = []
 
     def arg(value: Any) -> str:

@@ -13,6 +13,7 @@ from .base import ObjectRow, RefusedSignal, Store
 from .sql import (
     COLUMNS,
     COUNT_DESCENDANTS,
+    FORKS,
     blob,
     list_query,
     memories,
@@ -62,6 +63,7 @@ class Reads:
         self.refused = (f"SELECT id, name, reason, sender, refused_at, created_at FROM refused_signals"
                         f" WHERE object_id = {param(1)} ORDER BY refused_at DESC, id DESC LIMIT {param(2)}")
         self.count_descendants = COUNT_DESCENDANTS.format(param(1))
+        self.forks = FORKS.format(param(1))
         self.next_due = next_due  # the earliest due time of a live object (each dialect's own plan)
 
     def inbox(self, object_id: str, limit: int | None, names: Collection[str] | None, *,
@@ -148,6 +150,9 @@ class SQLStore(Store):
         rows = await self._read(self.reads.count_descendants, (root,))
         return int(rows[0][0]) if rows else 0
 
+    async def forks(self, object_id: str) -> list[str]:
+        return [str(r[0]) for r in await self._read(self.reads.forks, (object_id,))]
+
     async def next_due(self) -> int | None:
         rows = await self._read(self.reads.next_due)
         return rows[0][0] if rows else None
@@ -156,7 +161,8 @@ class SQLStore(Store):
     async def list(self, *, status: Status | str | None = None, limit: int | None = None,
                    parent: str | None = None, now: int | None = None,
                    handler: str | None = None, after: str | None = None,
-                   labels: Mapping[str, str] | None = None) -> list[ObjectRow]:
+                   labels: Mapping[str, str] | None = None, deleted: bool = False) -> list[ObjectRow]:
         query, args = list_query(self.reads.param, status=status, limit=limit, parent=parent, now=now,
-                                 handler=handler, after=after, labels=labels, contains=self.reads.contains)
+                                 handler=handler, after=after, labels=labels, contains=self.reads.contains,
+                                 deleted=deleted)
         return [object_row(r) for r in await self._read(query, args)]

@@ -287,7 +287,7 @@ async def run_function(app: App, handler: str, goal: dict[str, Any] | None = Non
         result = await _drive(env, oid, pending, max_jumps)
         rows = await env.store.list()
         entries = {row.id: row.seq + 1 for row in rows}
-        verified = {row.id: await env.client.verify(row.id) for row in rows}
+        verified = {row.id: int(await env.client.verify(row.id)) for row in rows}
         return FunctionRun(oid, result, tuple(env.crashes), entries, verified,
                            tuple(effects[start:]) if effects is not None else (), tuple(pending))
 

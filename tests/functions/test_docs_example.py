@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_the_durable_function_example_runs_as_written(tmp_path: Path) -> None:
     text = (REPO / "docs" / "concepts.md").read_text()
-    section = text.split("## Durable functions", 1)[1]
+    section = text.split("## Durable functions", 1)[1].split("\n## ", 1)[0]
     [example] = [b for b in re.findall(r"```python\n(.*?)```", section, re.S) if "@app.function" in b]
     (tmp_path / "example.py").write_text(example)
     env = {k: v for k, v in os.environ.items() if k not in ("PEO_STORE", "PEO_FAULTS")}

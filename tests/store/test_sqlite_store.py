@@ -38,7 +38,8 @@ def table_sql(path: str, name: str) -> str:
 def downgrade_to_version_2(path: str) -> None:
     """Rewrite a store into exactly the layout migrations 1 and 2 produced (entries keyed by
     (object_id, seq) WITHOUT ROWID, a status index, no claim index, no nodes table, no labels
-    column, no seals, refused signals or roots, no stall counts or alerts, no facts, no deletion or fork columns), keeping its rows."""
+    column, no seals, refused signals or roots, no stall counts or alerts, no facts, no deletion or
+    fork columns), keeping its rows."""
     with sqlite3.connect(path, isolation_level=None) as db:
         db.executescript(
             """

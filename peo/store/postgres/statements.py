@@ -35,10 +35,11 @@ __all__ = [
 _TYPES = {
     "id": "text", "handler": "text", "scope": "text", "identity": "text", "parent": "text", "status": "text",
     "wait_signal": "text", "reason": "text", "name": "text", "labels": "text", "root": "text",
+    "forked_from": "text",
     "priority": "bigint", "seq": "bigint", "prev_seq": "bigint", "due": "bigint", "now": "bigint",
     "consumed": "bigint", "token": "bigint",
     "hash": "bytea", "body": "bytea", "sig": "bytea", "result": "bytea",
-    "wait_children": "boolean", "release": "boolean",
+    "wait_children": "boolean", "release": "boolean", "deleted": "boolean",
 }
 
 

@@ -23,6 +23,7 @@ from ..alerts import AlertQueries
 from ..base import AppendItem, Claim, NewObject, SignalRefusalLike
 from ..facts import FactQueries
 from ..fleet import FleetQueries
+from ..retention import RetentionQueries
 from ..sqlreads import SQLStore
 from ..stalls import PROGRESS
 from .connection import Conn
@@ -48,7 +49,7 @@ from .statements import (
 __all__ = ["PostgresStore"]
 
 
-class PostgresStore(Notifications, FleetQueries, AlertQueries, FactQueries, SQLStore):
+class PostgresStore(Notifications, FleetQueries, AlertQueries, FactQueries, RetentionQueries, SQLStore):
     """The shared store: many nodes on many machines, one schema of one database."""
 
     reads = READS
@@ -59,6 +60,15 @@ class PostgresStore(Notifications, FleetQueries, AlertQueries, FactQueries, SQLS
     async def _write_rows(self, statement: str, args: Sequence[Any]) -> list[Any]:
         async def body(conn: Conn) -> list[Any]:
             return list(await conn.fetch(statement, *args))
+
+        return await self._write(body)
+
+    async def _write_steps(self, steps: Sequence[tuple[str, Sequence[Any]]], *,
+                           lock: Sequence[str] = ()) -> list[list[Any]]:
+        async def body(conn: Conn) -> list[list[Any]]:
+            if lock:  # id order, like every multi-row writer (see LOCK)
+                await conn.fetch(LOCK, sorted(lock))
+            return [list(await conn.fetch(s, *a)) for s, a in steps]
 
         return await self._write(body)
 

@@ -20,6 +20,7 @@ from ..alerts import AlertQueries
 from ..base import AppendItem, Claim, NewObject, SignalRefusalLike
 from ..facts import FactQueries
 from ..fleet import FleetQueries
+from ..retention import RetentionQueries
 from ..sqlreads import SQLStore
 from .connection import Connections
 from .statements import (
@@ -53,13 +54,17 @@ _CLAIM_SET = stalls.claim_set(READS.push_stalled, "?5")
 _MAY_TAKE = stalls.may_take(lambda name: "?5" if name == "now" else "?6")
 
 
-class SQLiteStore(Connections, FleetQueries, AlertQueries, FactQueries, SQLStore):
+class SQLiteStore(Connections, FleetQueries, AlertQueries, FactQueries, RetentionQueries, SQLStore):
     """The embedded store: one database file, shared by the processes that open it."""
 
     reads = READS
 
     async def _write_rows(self, statement: str, args: Sequence[Any]) -> list[Any]:
         return await self._write(lambda conn: conn.execute(statement, tuple(args)).fetchall())
+
+    async def _write_steps(self, steps: Sequence[tuple[str, Sequence[Any]]], *,
+                           lock: Sequence[str] = ()) -> list[list[Any]]:
+        return await self._write(lambda conn: [conn.execute(s, tuple(a)).fetchall() for s, a in steps])
 
     async def create(self, objects: Sequence[NewObject]) -> None:
         if objects:
