@@ -29,6 +29,7 @@ from ..core.crypto import Keyring
 from ..core.memory import Fold, genesis, instantiation_outcome, make_entry, state_at, verify_chain
 from ..core.model import Action, Context, Entry
 from ..errors import CodecError, IntegrityError, NotFoundError, PolicyError, UsageError
+from ..functions.records import gathered, settled
 from ..ids import new_id
 from ..store import NewObject, Store
 
@@ -98,6 +99,10 @@ async def fork(client: Client, object_id: str, *, seq: int | None = None,
     if Fold.of(memory).deleted:
         raise UsageError(f"object {object_id} is deleted: undelete it first (`peo undelete {object_id}`) to fork it")
     at = Fold.of(memory[: seq + 1])
+    start = settled(state_at(memory, seq), memory[: seq + 1])
+    if gathered(start):
+        raise UsageError(f"object {object_id} gathered children before seq {seq}: a fork would not have them; "
+                         "fork it at a seq before its gather")
     intent = at.intent if new_goal is None else attrs.evolve(at.intent, goal=new_goal)
     ctx = at.context
     context = Context(identity=client.identity, trust_scope=ctx.trust_scope, priority=ctx.priority,
@@ -107,7 +112,7 @@ async def fork(client: Client, object_id: str, *, seq: int | None = None,
     entry = make_entry(
         client.key, seq=0, prev=genesis(oid), timestamp=now, origin_node=f"client:{client.identity}",
         policy_ref=client.policy.ref, action=Action.INSTANTIATE,
-        outcome=instantiation_outcome(oid, intent, context, state=state_at(memory, seq), fork=origin),
+        outcome=instantiation_outcome(oid, intent, context, state=start, fork=origin),
         trace_id=oid,
     )
     await store.create([NewObject(oid, intent.handler, ctx.trust_scope, client.identity, ctx.priority, None, entry,
@@ -162,7 +167,7 @@ async def check_origin(store: Store, keyring: Keyring, object_id: str, first: En
         raise IntegrityError(f"{where}: the parent's entry at that seq is not the one the fork records (hash "
                              f"{memory[at].hash.hex()[:16]}..., recorded {recorded['hash'][:16]}...)",
                              object_id=object_id, seq=0)
-    if state_at(memory, at) != (first.outcome.get("state") or {}):
+    if settled(state_at(memory, at), memory[: at + 1]) != (first.outcome.get("state") or {}):
         raise IntegrityError(f"{where}: the fork's starting state is not the parent's state at that seq",
                              object_id=object_id, seq=0)
     return Verification(0, Origin.OK, f"{where}: verified against the parent")

@@ -13,11 +13,11 @@ import builtins
 import datetime
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..core.model import Action, ObjectInfo, Signal, Step
+from ..core.model import Action, Entry, ObjectInfo, Signal, Step
 from ..tracebacks import traceback_without
 
 __all__ = [
@@ -26,10 +26,12 @@ __all__ = [
     "VERSION_KEY",
     "describe",
     "error_class_of",
+    "gathered",
     "initial_goal",
     "is_record_key",
     "progress_of",
     "record_key",
+    "settled",
     "show",
     "signal_in",
     "signal_out",
@@ -128,3 +130,38 @@ def initial_goal(step: Step) -> dict[str, Any]:
         if isinstance(goal, dict):
             return goal
     return step.goal
+
+
+def settled(state: dict[str, Any], memory: Sequence[Entry]) -> dict[str, Any]:
+    """``state`` (a function's working state after the last entry of ``memory``) with each
+    record that points at an entry of ``memory`` given its answer, so that it replays without
+    that memory: a fork starts from it, and its own memory holds only its entry 0.
+
+    A signal wait that ended records the signal it returned (or ``timed_out``); one still
+    waiting is dropped, so that the fork reaches the wait afresh and waits for itself; a
+    refine records the goal it set. A gather's record is kept as it is: its children are the
+    parent's, which the fork does not have (forking past a gather is refused)."""
+    out = dict(state)
+    last = len(memory) - 1
+    for key, record in state.items():
+        if not is_record_key(key) or not isinstance(record, dict):
+            continue
+        op, seq = record.get("op"), record.get("seq")
+        if not isinstance(seq, int):
+            continue
+        if op == "signal" and "signal" not in record and "timed_out" not in record:
+            if seq + 1 > last:
+                del out[key]
+                continue
+            after = memory[seq + 1].outcome.get("signals", ())
+            found = [s for s in after if isinstance(s, dict) and s.get("name") == record.get("name")]
+            first = min(found, key=lambda s: int(s.get("id", 0))) if found else None
+            out[key] = {**record, "signal": first} if first is not None else {**record, "timed_out": True}
+        elif op == "refine" and "new" not in record and seq <= last:
+            out[key] = {**record, "new": memory[seq].outcome.get("new", {})}
+    return out
+
+
+def gathered(state: dict[str, Any]) -> bool:
+    """Does ``state`` record a gather (children a fork of it would not have)?"""
+    return any(is_record_key(k) and isinstance(r, dict) and r.get("op") == "gather" for k, r in state.items())

@@ -399,7 +399,8 @@ class Run:
         key, record = self._reach("refine", what)
         if record is None:
             raise Suspend(Refine(goal=goal, constraints=constraints, state={key: self._record("refine", what)}))
-        new = self._entry(int(record["seq"]), Action.MUTATE, "refine").outcome.get("new", {})
+        new = record["new"] if "new" in record else \
+            self._entry(int(record["seq"]), Action.MUTATE, "refine").outcome.get("new", {})
         if "goal" in new:
             self._goal = new["goal"]
 
@@ -477,6 +478,8 @@ class Run:
         """The signal a recorded wait returned (None: it timed out)."""
         if "signal" in record:
             return signal_in(record["signal"])
+        if record.get("timed_out"):  # settled at a fork (records.settled)
+            return None
         after = self._entry(int(record["seq"]) + 1, Action.REENTRY, "signal wait")
         found = [signal_in(s) for s in after.outcome.get("signals", ()) if s.get("name") == record["name"]]
         return min(found, key=lambda sig: sig.id) if found else None
@@ -492,7 +495,8 @@ class Run:
             if not is_record_key(key) or not isinstance(record, dict):
                 continue
             if record.get("op") == "signal" and record.get("name") == name:
-                got = self._resolve(record) if "signal" in record or woken(record, self._step) else None
+                ended = "signal" in record or record.get("timed_out") or woken(record, self._step)
+                got = self._resolve(record) if ended else None
                 if got is not None:
                     claimed.add(got.id)
         found: dict[int, Signal] = {}

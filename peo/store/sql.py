@@ -230,13 +230,17 @@ def wake_parent(p: Param) -> str:
     return f"UPDATE objects SET due_at = {p('now')} WHERE id = {p('parent')} AND {PARENT_WAKES} AND deleted_at IS NULL"
 
 
-@_template("id", "seq", "hash", "status", "due", "wait_signal", "wait_children", "result", "reason", "now")
+@_template("id", "seq", "hash", "status", "due", "wait_signal", "wait_children", "result", "reason", "now",
+           "deleted")
 def import_head(p: Param) -> str:
-    """The head of an imported object (values: :func:`import_values`)."""
+    """The head of an imported object (values: :func:`import_values`); a deleted one (its
+    memory ends deleted) stays deleted, never due, from the time of the import."""
     return (
-        f"UPDATE objects SET seq = {p('seq')}, head = {p('hash')}, status = {p('status')}, due_at = {p('due')},"
+        f"UPDATE objects SET seq = {p('seq')}, head = {p('hash')}, status = {p('status')},"
+        f" due_at = CASE WHEN {p('deleted')} THEN NULL ELSE {p('due')} END,"
         f" wait_signal = {p('wait_signal')}, wait_children = {p('wait_children')}, result = {p('result')},"
-        f" reason = {p('reason')}, updated_at = {p('now')} WHERE id = {p('id')}"
+        f" reason = {p('reason')}, updated_at = {p('now')},"
+        f" deleted_at = CASE WHEN {p('deleted')} THEN {p('now')} ELSE NULL END WHERE id = {p('id')}"
     )
 
 
@@ -284,7 +288,7 @@ def append_values(item: AppendItem, now: int) -> tuple[Any, ...]:
 def import_values(obj: NewObject, last: Entry, head: Head, now: int) -> tuple[Any, ...]:
     """The values of :data:`import_head`: ``head`` after the ``last`` entry."""
     return (obj.id, last.seq, last.hash, head.status.value, head.due_at, head.wait_signal, head.wait_children,
-            head.result_bytes(), head.reason, now)
+            head.result_bytes(), head.reason, now, head.deleted)
 
 
 def parent_to_wake(item: AppendItem) -> str | None:

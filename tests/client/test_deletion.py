@@ -223,3 +223,16 @@ async def test_a_node_that_claims_a_deleted_object_lets_it_go_without_acting(sto
         await run_idle(store_url, counting_app())
         row = await client.store.get(oid)
         assert row.seq == 1 and row.lease_owner is None and row.status is peo.Status.RUNNABLE
+
+
+async def test_an_exported_deleted_object_is_imported_deleted(store_url: str, tmp_path: Any) -> None:
+    async with peo.Client(store_url) as client:
+        oid = await client.submit("count")
+        await client.rm(oid, reason="archived")
+        data = await client.export(oid)
+    elsewhere = f"sqlite:///{tmp_path}/elsewhere.db"
+    async with peo.Client(elsewhere) as other:
+        assert await other.import_(data) == oid
+        assert oid not in await ids(other) and oid in await ids(other, deleted=True)
+        await run_idle(elsewhere, counting_app())
+        assert (await other.store.get(oid)).seq == 1  # no node touched it

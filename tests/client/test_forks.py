@@ -220,3 +220,55 @@ async def test_fork_refuses_bad_input_and_writes_nothing(store_url: str) -> None
             await client.fork(oid, seq=0)
         assert await client.store.forks(oid) == []
         assert await raw(store_url, "SELECT count(*) FROM objects") == [(1,)]
+
+
+def approval_app(calls: Counter[str]) -> peo.App:
+    """A durable function that waits for a person's answer, then acts on it (or on a timeout)."""
+    app = peo.App()
+
+    def act(answer: str) -> str:
+        calls[answer] += 1
+        return f"acted on {answer}"
+
+    @app.function("review")
+    async def review(run: peo.Run, doc: str) -> dict[str, Any]:
+        try:
+            signal = await run.wait_signal("answer", timeout=3600)
+            answer = str(signal.payload)
+        except peo.SignalTimeout:
+            answer = "timeout"
+        done = await run.step(act, answer)
+        return {"doc": doc, "done": done}
+
+    return app
+
+
+async def test_a_fork_past_a_signal_wait_replays_the_answer_and_one_before_it_waits_afresh(store_url: str) -> None:
+    calls = Counter[str]()
+    app = approval_app(calls)
+    async with peo.Client(store_url) as client:
+        parent = await client.submit("review", goal={"doc": "q3"})
+        await run_idle(store_url, app)
+        await client.signal(parent, "answer", "yes")
+        await run_idle(store_url, app)
+        assert await client.wait(parent, timeout=5) == {"doc": "q3", "done": "acted on yes"}
+        memory = list((await client.get(parent)).memory)
+        woke = next(e.seq for e in memory if e.action is Action.REENTRY)
+        waited = woke - 1
+
+        # Past the wait: the fork's starting state holds the answer; it acts on it itself.
+        past = await client.fork(parent, seq=woke)
+        await run_idle(store_url, app)
+        assert await client.wait(past, timeout=5) == {"doc": "q3", "done": "acted on yes"}
+        assert calls["yes"] == 2
+        assert (await client.verify(past)).origin is Origin.OK
+
+        # At the wait (not yet answered there): the fork waits for an answer of its own.
+        pending = await client.fork(parent, seq=waited)
+        await run_idle(store_url, app)
+        assert (await client.get(pending, memory=False)).status is peo.Status.DORMANT
+        await client.signal(pending, "answer", "no")
+        await run_idle(store_url, app)
+        assert await client.wait(pending, timeout=5) == {"doc": "q3", "done": "acted on no"}
+        assert (await client.verify(pending)).origin is Origin.OK
+        assert (await client.get(parent, memory=False)).seq == memory[-1].seq  # the parent never moved
