@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import datetime
-import re
-import time
 from typing import TYPE_CHECKING
 
-from .parser import EXAMPLE_ID, add_verb, fail, open_client, text_arg
+from .parser import EXAMPLE_ID, accept_times_ago, add_verb, fail, open_client, text_arg
+from .parser import parse_time as shared_parse_time
 from .render import clean, plural, when
 
 if TYPE_CHECKING:
@@ -17,29 +15,11 @@ if TYPE_CHECKING:
 
 __all__ = ["cmd_purge", "cmd_rm", "cmd_undelete", "parse_time", "register"]
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
-_RELATIVE = re.compile(r"-(\d{1,9})([smhdw])")
-_NEGATIVE = re.compile(r"^-\.?\d[\w.:]*$")
-
-
 def parse_time(text: str, *, now: int | None = None) -> int:
     """TIME as ns since the epoch: ISO 8601 (``2025-01-31``, ``2025-01-31T12:00``, with a
     zone or naive = UTC), or relative to now: ``-30d``, ``-12h``, ``-90m``, ``-45s``, ``-2w``."""
-    now = time.time_ns() if now is None else now
-    relative = _RELATIVE.fullmatch(text.strip())
-    if relative:
-        return now - int(relative.group(1)) * _UNITS[relative.group(2)] * 10**9
-    try:
-        moment = datetime.datetime.fromisoformat(text.strip())
-    except ValueError:
-        fail(f"bad time {text!r}: use ISO 8601 (2025-01-31 or 2025-01-31T12:00:00, UTC unless a zone is given) "
-             "or a time ago like -30d, -12h, -90m")
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.UTC)
-    ns = int(moment.timestamp()) * 10**9 + moment.microsecond * 1000
-    if not -(2**63) <= ns < 2**63:  # a store's times are 64-bit nanoseconds
-        fail(f"time {text!r} is out of range: use a time between the years 1678 and 2261")
-    return ns
+    return shared_parse_time(text, now=now, bad=f"bad time {text!r}: use ISO 8601 (2025-01-31 or 2025-01-31T12:00:00, "
+                             "UTC unless a zone is given) or a time ago like -30d, -12h, -90m")
 
 
 async def cmd_rm(args: argparse.Namespace) -> int:
@@ -128,7 +108,7 @@ def _purge_parser(sub: Subparsers) -> None:
                     help="drop objects deleted before this time (required)")
     # argparse takes "-30d" for an option (it reads only plain numbers as values): a time
     # ago reads as a value too, as its documented spelling promises.
-    sp._negative_number_matcher = _NEGATIVE
+    accept_times_ago(sp)
     sp.add_argument("--yes", action="store_true", help="really drop them (without it: a dry run)")
 
 

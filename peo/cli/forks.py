@@ -6,24 +6,13 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from .parser import EXAMPLE_ID, add_verb, fail, open_client, parse_json, text_arg
+from .parser import EXAMPLE_ID, add_verb, fail, open_client, parse_json, seq_arg, text_arg
 from .render import clean
 
 if TYPE_CHECKING:
     from .parser import Subparsers
 
 __all__ = ["cmd_fork", "register"]
-
-
-def _seq(value: str) -> int:
-    """An argparse type: a seq (an integer, 0 or more)."""
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{value!r} must be 0 or more (seqs start at 0)")
-    return n
 
 
 async def cmd_fork(args: argparse.Namespace) -> int:
@@ -58,7 +47,7 @@ def register(sub: Subparsers, verb: str) -> None:
                    f"peo show $(peo fork {EXAMPLE_ID} --seq 3)"],
                   cmd_fork)
     sp.add_argument("id", metavar="ID", type=text_arg("object id"), help="the object to fork")
-    sp.add_argument("--seq", type=_seq, metavar="N", help="the version to fork at (default: the latest)")
+    sp.add_argument("--seq", type=seq_arg, metavar="N", help="the version to fork at (default: the latest)")
     sp.add_argument("--goal", metavar="JSON",
                     help="the fork's goal, a JSON object or @FILE (default: ID's goal as of seq N)")
     sp.add_argument("--identity", default="anonymous", type=text_arg("identity"),

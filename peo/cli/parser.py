@@ -9,9 +9,12 @@ module plus one line there.
 from __future__ import annotations
 
 import argparse
+import datetime
 import importlib
 import json
 import math
+import re
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
@@ -31,15 +34,18 @@ __all__ = [
     "VERBS",
     "InputError",
     "Parser",
+    "accept_times_ago",
     "add_verb",
     "build_parser",
     "fail",
     "labels",
     "open_client",
     "parse_json",
+    "parse_time",
     "positive_int",
     "positive_seconds",
     "read_limited",
+    "seq_arg",
     "store_url",
     "text_arg",
     "valid_text",
@@ -127,6 +133,52 @@ def positive_int(value: str) -> int:
         raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
     if n < 1:
         raise argparse.ArgumentTypeError(f"{value!r} must be at least 1")
+    return n
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
+_TIME_AGO = re.compile(r"-(\d{1,9})([smhdw])")
+# What argparse may read as a value although it starts with "-": numbers and times ago.
+_NEGATIVE = re.compile(r"^-\.?\d[\w.:]*$")
+
+
+def parse_time(text: str, *, bad: str, now: int | None = None) -> int:
+    """A TIME argument as ns since the epoch: ISO 8601 (a time without a zone is UTC) or a
+    time ago (``-90s``, ``-30m``, ``-2h``, ``-1d``, ``-2w``, from ``now``). Exits 2 with
+    ``bad`` for anything else, and for a time outside the 64-bit nanoseconds a store keeps."""
+    now = time.time_ns() if now is None else now
+    ago = _TIME_AGO.fullmatch(text.strip())
+    if ago:
+        return now - int(ago.group(1)) * _UNITS[ago.group(2)] * 10**9
+    try:
+        moment = datetime.datetime.fromisoformat(text.strip())
+    except ValueError:
+        fail(bad)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    delta = moment - datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+    ns = (delta.days * 86_400 + delta.seconds) * 10**9 + delta.microseconds * 1000
+    if not -(2**63) <= ns < 2**63:
+        fail(f"time {text!r} is out of range: use a time between the years 1678 and 2261")
+    return ns
+
+
+def accept_times_ago(parser: argparse.ArgumentParser) -> None:
+    """Let an option take a time ago (``--at -2h``) as its value: argparse reads only plain
+    negative numbers as values, anything else starting with "-" as an option (a private
+    matcher decides; ``--at=-2h`` works regardless)."""
+    if hasattr(parser, "_negative_number_matcher"):
+        parser._negative_number_matcher = _NEGATIVE
+
+
+def seq_arg(value: str) -> int:
+    """An argparse type: a seq (an integer, 0 or more)."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is negative: a seq must be 0 or more (seqs start at 0)")
     return n
 
 

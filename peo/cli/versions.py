@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import re
 import sys
 import time
 from typing import TYPE_CHECKING
 
-from .parser import EXAMPLE_ID, add_verb, fail, open_client, text_arg
+from .parser import EXAMPLE_ID, accept_times_ago, add_verb, fail, open_client, seq_arg, text_arg
+from .parser import parse_time as shared_parse_time
 from .render import clean, iso, jsonable, short_outcome, table, when
 
 if TYPE_CHECKING:
@@ -21,24 +20,13 @@ if TYPE_CHECKING:
 
 __all__ = ["cmd_history", "cmd_restore", "parse_time", "register"]
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
-_RELATIVE = re.compile(r"-(\d{1,9})([smhd])")
 TIME_HELP = ("ISO 8601 (2026-12-07T10:00:00Z, 2026-12-07T11:00:00+01:00, 2026-12-07; a time without a zone "
              "is UTC) or relative to now (-90s, -30m, -2h, -1d)")
 
 
 def parse_time(text: str, now: int) -> int:
     """A --at TIME as ns since the epoch (see :data:`TIME_HELP`); bad input exits 2."""
-    relative = _RELATIVE.fullmatch(text.strip())
-    if relative:
-        return now - int(relative.group(1)) * _UNITS[relative.group(2)] * 10**9
-    try:
-        moment = _dt.datetime.fromisoformat(text.strip())
-    except ValueError:
-        fail(f"--at {clean(text, 60)!r} is not a time: give {TIME_HELP}")
-    from ..client.versions import as_ns
-
-    return as_ns(moment)
+    return shared_parse_time(text, now=now, bad=f"--at {clean(text, 60)!r} is not a time: give {TIME_HELP}")
 
 
 # -- peo history -----------------------------------------------------------------------------
@@ -187,12 +175,11 @@ def _restore_parser(sub: Subparsers) -> None:
                    "peo restore --at -1h --handler research --status terminated --yes"], cmd_restore)
     # "-2h" must reach --at as its value, not be taken for an option (argparse's private
     # matcher decides what a negative number looks like; --at=-2h works regardless).
-    if hasattr(sp, "_negative_number_matcher"):
-        sp._negative_number_matcher = re.compile(r"^-\d+$|^-\d*\.\d+$|^-\d+[smhd]$")
+    accept_times_ago(sp)
     sp.add_argument("id", metavar="ID", nargs="?", type=text_arg("object id"),
                     help="the object to restore (omit it for a bulk restore)")
     which = sp.add_mutually_exclusive_group()
-    which.add_argument("--seq", metavar="N", type=_seq, help="restore its state at this seq (see peo history)")
+    which.add_argument("--seq", metavar="N", type=seq_arg, help="restore its state at this seq (see peo history)")
     which.add_argument("--at", metavar="TIME", type=text_arg("time"), help="restore its state at this time")
     sp.add_argument("--reason", metavar="TEXT", type=text_arg("reason"), help="why, recorded in the signed entry")
     sp.add_argument("--force", action="store_true",
@@ -202,16 +189,6 @@ def _restore_parser(sub: Subparsers) -> None:
                     help="bulk: only objects with this status")
     sp.add_argument("--yes", action="store_true", help="bulk: restore them (without it, a dry run)")
     sp.add_argument("--policy", metavar="FILE", help="policy whose trusted keys to use")
-
-
-def _seq(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{value!r} is negative: a seq is 0 or more")
-    return n
 
 
 _PARSERS = {"history": _history_parser, "restore": _restore_parser}
